@@ -1,0 +1,237 @@
+"""``pftray`` command line.
+
+Exit codes: 0 done; 2 bad config or input (the message names the key or file; no traceback); 1 runtime failure
+(the message says what failed and where the partial results are).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pftray.config import ConfigError, explain, load_config
+
+
+class InputError(Exception):
+    """Bad input from the user (a file, a path, a flag): exit code 2."""
+
+
+def _load(args) -> Any:
+    return load_config(args.config, args.set or [])
+
+
+def _fmt_eta(elapsed: float, done: int, total: int) -> str:
+    if done <= 0:
+        return "?"
+    return f"{elapsed / done * (total - done):.0f}s"
+
+
+class RoundPrinter:
+    def __init__(self, start_round: int = 0):
+        self.t0 = time.perf_counter()
+        self.start = start_round
+
+    def __call__(self, row: dict[str, Any]) -> None:
+        r, n = row.get("server_round", 0), row.get("rounds", 0)
+        elapsed = time.perf_counter() - self.t0
+        parts = [f"round {r}/{n}", f"loss {row.get('train_loss', math.nan):.4f}",
+                 f"val {row.get('val_loss', math.nan):.4f}",
+                 f"clients ok {row.get('n_ok', 0)}/{row.get('n_sampled', 0)} failed {row.get('n_failed', 0)}"]
+        if isinstance(row.get("epsilon"), float) and math.isfinite(row["epsilon"]):
+            parts.append(f"eps {row['epsilon']:.2f}")
+        if "psnr" in row:
+            parts.append(f"psnr {row['psnr']:.2f} lip_sync {row.get('lip_sync', math.nan):.2f}")
+        parts.append(f"elapsed {elapsed:.0f}s eta {_fmt_eta(elapsed, r - self.start, n - self.start)}")
+        if row.get("status") not in (None, "ok"):
+            parts.append(f"[{row['status']}: {row.get('message', '')}]")
+        print(" | ".join(parts), flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+
+def cmd_run(args) -> int:
+    from pftray.runtime.driver import run_federated
+    from pftray.summary import print_run_summary
+
+    if args.resume:
+        if args.config or args.set:
+            raise InputError("--resume DIR takes the config of the run directory; drop CONFIG and --set")
+        run, summary = run_federated(resume=args.resume, use_ray=not args.local, progress=RoundPrinter())
+    else:
+        if not args.config:
+            raise InputError("pftray run needs CONFIG (or --resume DIR)")
+        cfg = _load(args)
+        run, summary = run_federated(cfg, out=args.out, use_ray=not args.local, progress=RoundPrinter())
+    print_run_summary(run.path, summary)
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    from tqdm import tqdm
+
+    from pftray.model.pretrain import pretrain
+
+    cfg = _load(args)
+    out = Path(args.out or cfg.model.backbone or "checkpoints/backbone.pt")
+    bars: dict[str, Any] = {}
+
+    def progress(phase: str, step: int, total: int, loss: float) -> None:
+        if phase not in bars:
+            for b in bars.values():
+                b.close()
+            bars[phase] = tqdm(total=total, initial=step - 1, desc=f"pretrain {phase}", unit="step")
+        bars[phase].update(1)
+        bars[phase].set_postfix(loss=f"{loss:.4f}")
+
+    res = pretrain(cfg, out, progress=progress)
+    for b in bars.values():
+        b.close()
+    print(json.dumps(res["times"]), f"-> {res['out']}")
+    return 0
+
+
+def cmd_data_prepare(args) -> int:
+    from pftray.data.ingest import prepare_dataset
+
+    src = Path(args.source)
+    if not src.is_dir():
+        raise InputError(f"--source {src}: not a folder of <speaker>/<clip>.mp4 files")
+    rep = prepare_dataset(src, Path(args.out), resolution=args.resolution, frames_per_clip=args.frames_per_clip)
+    print(json.dumps(_jsonable(rep), indent=2, default=str))
+    return 0
+
+
+def cmd_privacy(args) -> int:
+    from pftray.privacy.accounting import calibrate_noise, compute_epsilon
+
+    if args.what == "epsilon":
+        eps = compute_epsilon(noise_multiplier=args.noise_multiplier, sample_rate=args.sample_rate,
+                              rounds=args.rounds, delta=args.delta, accountant=args.accountant)
+        out = {"epsilon": eps}
+    else:
+        z = calibrate_noise(target_epsilon=args.target_epsilon, sample_rate=args.sample_rate, rounds=args.rounds,
+                            delta=args.delta, accountant=args.accountant)
+        out = {"noise_multiplier": z}
+    out.update(sample_rate=args.sample_rate, rounds=args.rounds, delta=args.delta, accountant=args.accountant,
+               guarantee="client-level (epsilon, delta)-DP of the sampled Gaussian mechanism over `rounds` rounds")
+    if args.what == "epsilon":
+        out["noise_multiplier"] = args.noise_multiplier
+    else:
+        out["target_epsilon"] = args.target_epsilon
+    print(json.dumps(out))
+    return 0
+
+
+def cmd_config(args) -> int:
+    if args.config:
+        cfg = _load(args)
+        import yaml
+
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    else:
+        print("\n".join(explain()))
+    return 0
+
+
+def _jsonable(obj: Any) -> Any:
+    import dataclasses
+
+    if dataclasses.is_dataclass(obj):
+        return {k: _jsonable(v) for k, v in dataclasses.asdict(obj).items()}
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+# -------------------------------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="pftray", description="Privacy-aware federated talking-head training on Ray")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser, required: bool = True) -> None:
+        p.add_argument("config", nargs=None if required else "?", help="YAML preset (configs/*.yaml)")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. fed.rounds=3")
+
+    p = sub.add_parser("run", help="run federated training")
+    with_config(p, required=False)
+    p.add_argument("--out", help="run directory (default: <experiment.out_dir>/<name>-<time>)")
+    p.add_argument("--resume", metavar="DIR", help="resume the run in DIR from its latest checkpoint")
+    p.add_argument("--local", action="store_true", help="run in this process without Ray (debugging)")
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("pretrain", help="pre-train the backbone on the public synthetic identities")
+    with_config(p)
+    p.add_argument("--out", help="backbone file (default: model.backbone)")
+    p.set_defaults(fn=cmd_pretrain)
+
+    p = sub.add_parser("data", help="data tools")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    q = dsub.add_parser("prepare", help="ingest <speaker>/<clip>.mp4 videos into per-client shards")
+    q.add_argument("--source", required=True)
+    q.add_argument("--out", required=True)
+    q.add_argument("--resolution", type=int, default=64)
+    q.add_argument("--frames-per-clip", type=int, default=16)
+    q.set_defaults(fn=cmd_data_prepare)
+
+    p = sub.add_parser("privacy", help="privacy accounting (prints JSON)")
+    psub = p.add_subparsers(dest="what", required=True)
+    for name in ("epsilon", "noise"):
+        q = psub.add_parser(name)
+        if name == "epsilon":
+            q.add_argument("--noise-multiplier", type=float, required=True)
+        else:
+            q.add_argument("--target-epsilon", type=float, required=True)
+        q.add_argument("--sample-rate", type=float, required=True)
+        q.add_argument("--rounds", type=int, required=True)
+        q.add_argument("--delta", type=float, default=1e-5)
+        q.add_argument("--accountant", choices=("rdp", "prv"), default="rdp")
+        q.set_defaults(fn=cmd_privacy)
+
+    p = sub.add_parser("config", help="print the resolved config, or every key with its default and reason")
+    with_config(p, required=False)
+    p.set_defaults(fn=cmd_config)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from pftray.data.types import DataError
+
+    try:
+        return int(args.fn(args) or 0)
+    except (ConfigError, InputError, DataError, FileNotFoundError, FileExistsError) as exc:
+        print(f"pftray: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pftray: interrupted; the run directory keeps everything up to the last checkpoint "
+              "(resume with `pftray run --resume DIR`)", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the CLI's contract: one clear line, exit 1
+        from pftray.runtime.pool import TierError
+
+        if isinstance(exc, TierError):
+            print(f"pftray: error: {exc}", file=sys.stderr)
+            return 2
+        where = ""
+        if getattr(args, "command", "") == "run":
+            where = " Partial results (tables, checkpoints) are in the run directory; resume with --resume DIR."
+        print(f"pftray: {args.command} failed: {type(exc).__name__}: {exc}.{where}", file=sys.stderr)
+        if "PFTRAY_DEBUG" in __import__("os").environ:
+            raise
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,415 @@
+"""Typed, validated experiment configuration.
+
+A config is a tree of frozen dataclasses. YAML goes in (``load_config``), ``--set section.key=value`` overrides
+are applied on top, and every value is checked against its declared type, range or choices. An unknown key, a
+wrong type or an out-of-range value raises one :class:`ConfigError` that names the key path, the value and what
+is allowed; nothing is silently corrected.
+
+Each field's default carries a one-line reason in its ``help`` metadata (``pftray config --explain`` prints it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad configuration value: the message names the key path, the value and what is allowed."""
+
+
+def _f(default: Any, help: str, *, range: tuple[float | None, float | None] | None = None,  # noqa: A002
+       choices: tuple[Any, ...] | None = None) -> Any:
+    meta = {"help": help, "range": range, "choices": choices}
+    if isinstance(default, (list, dict, tuple)) and not isinstance(default, tuple):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = _f("quickstart", "run name, used in the run directory name")
+    seed: int = _f(0, "master seed: data, sampling, init and noise streams derive from it", range=(0, None))
+    out_dir: str = _f("runs", "parent folder of run directories")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = _f("synthetic", "'synthetic' (embedded, no download) or a folder made by `pftray data prepare`")
+    resolution: int = _f(64, "frame size in pixels; 32/64/128 for synthetic", choices=(32, 48, 64, 96, 128, 256))
+    num_clients: int = _f(8, "registered clients, one identity each", range=(1, 10_000_000))
+    clips_per_client: int = _f(6, "training clips per client (mean under quantity skew)", range=(1, 10_000))
+    heldout_clips: int = _f(2, "held-out clips per client for personalised evaluation", range=(1, 1000))
+    frames_per_clip: int = _f(16, "frames per clip at 25 fps", range=(2, 10_000))
+    quantity_skew: float = _f(0.0, "lognormal sigma of clip counts across clients (0 = equal)", range=(0.0, 5.0))
+    unreliable_fraction: float = _f(0.25, "share of clients with corrupted training clips (the ISFA case)",
+                                    range=(0.0, 1.0))
+    unreliable_kinds: tuple[str, ...] = _f(("offset", "noise", "frozen"), "corruptions cycled over unreliable clients")
+    n_mels: int = _f(32, "mel bands of the audio features", range=(4, 256))
+    audio_window: int = _f(16, "mel frames (10 ms each) in the audio window around a video frame", range=(2, 256))
+    public_identities: int = _f(24, "disjoint identities for backbone pre-training", range=(1, 100_000))
+    public_clips_per_identity: int = _f(4, "clips per public identity", range=(1, 10_000))
+    cache_dir: str = _f("", "where client shards are cached ('' = <run>/clients)")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    pretrained: str = _f("", "local diffusers folder with vae/ and unet/ subfolders ('' = build from the sizes below)")
+    backbone: str = _f("", "checkpoint made by `pftray pretrain` ('' = none: random backbone)")
+    vae_channels: tuple[int, ...] = _f((32, 64, 64), "AutoencoderKL block widths; len-1 = log2 downsampling")
+    vae_layers_per_block: int = _f(1, "resnet layers per VAE block", range=(1, 4))
+    latent_channels: int = _f(4, "VAE latent channels", range=(1, 64))
+    unet_channels: tuple[int, ...] = _f((64, 128), "UNet block widths")
+    unet_layers_per_block: int = _f(1, "resnet layers per UNet block", range=(1, 4))
+    attention_head_dim: int = _f(16, "channels per attention head", range=(1, 512))
+    cross_attention_dim: int = _f(64, "width of the audio/pose/identity condition tokens", range=(8, 4096))
+    prediction_type: str = _f("v_prediction", "diffusion target", choices=("epsilon", "v_prediction", "sample"))
+    num_train_timesteps: int = _f(1000, "DDPM training timesteps", range=(10, 10_000))
+    beta_schedule: str = _f("squaredcos_cap_v2", "noise schedule", choices=("linear", "scaled_linear",
+                                                                          "squaredcos_cap_v2"))
+    sample_steps: int = _f(10, "DDIM steps when sampling", range=(1, 1000))
+    gradient_checkpointing: bool = _f(False, "trade compute for memory on GPUs")
+
+
+@dataclass(frozen=True)
+class LoraConfigSpec:
+    shared_rank: int = _f(8, "rank of the federated 'shared' adapter", range=(1, 512))
+    identity_rank: int = _f(4, "rank of the private 'identity' adapter", range=(1, 512))
+    alpha_ratio: float = _f(1.0, "lora_alpha = alpha_ratio * rank (scale 1 at any rank)", range=(0.0, 64.0))
+    target_modules: tuple[str, ...] = _f(("to_q", "to_k", "to_v", "to_out.0"), "UNet attention projections to adapt")
+    include_conv: bool = _f(False, "also adapt the resnet convs (conv1, conv2)")
+    dropout: float = _f(0.0, "LoRA dropout", range=(0.0, 0.9))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    local_steps: int = _f(8, "optimiser steps per client per round", range=(1, 100_000))
+    batch_clips: int = _f(2, "clips per local batch", range=(1, 4096))
+    window: int = _f(4, "consecutive frames per clip in a batch (TDC needs >= 2)", range=(1, 256))
+    lr_shared: float = _f(2e-3, "client learning rate of the shared adapter", range=(0.0, 10.0))
+    lr_identity: float = _f(2e-3, "client learning rate of the identity adapter", range=(0.0, 10.0))
+    lambda_tdc: float = _f(0.1, "weight of the temporal-denoising-consistency loss", range=(0.0, 100.0))
+    tdc_space: str = _f("x0", "TDC on x0-predictions (default, see README) or eps-predictions", choices=("x0", "eps"))
+    grad_clip: float = _f(1.0, "per-step gradient norm clip (0 = off)", range=(0.0, 1e6))
+    precision: str = _f("fp32", "autocast dtype on GPU", choices=("fp32", "bf16", "fp16"))
+    dp_sgd: bool = _f(False, "sample-level DP-SGD inside clients (opacus) on the LoRA parameters")
+    dp_sgd_noise_multiplier: float = _f(1.0, "DP-SGD noise multiplier", range=(0.0, 100.0))
+    dp_sgd_max_grad_norm: float = _f(1.0, "DP-SGD per-sample clip", range=(1e-6, 1e6))
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    vae_steps: int = _f(600, "VAE optimiser steps on public identities", range=(0, 10_000_000))
+    unet_steps: int = _f(1200, "UNet optimiser steps on public identities", range=(0, 10_000_000))
+    batch_frames: int = _f(32, "frames per VAE batch", range=(1, 65536))
+    batch_clips: int = _f(8, "clips per UNet batch", range=(1, 4096))
+    lr_vae: float = _f(2e-3, "VAE learning rate", range=(0.0, 10.0))
+    lr_unet: float = _f(1e-3, "UNet learning rate", range=(0.0, 10.0))
+    kl_weight: float = _f(1e-6, "VAE KL weight (tiny: we want a sharp autoencoder)", range=(0.0, 10.0))
+    checkpoint_every: int = _f(200, "steps between resumable checkpoints", range=(1, 10_000_000))
+
+
+@dataclass(frozen=True)
+class FedConfig:
+    strategy: str = _f("isfa", "aggregation rule", choices=("fedavg", "fedprox", "isfa"))
+    rounds: int = _f(10, "federated rounds", range=(1, 1_000_000))
+    clients_per_round: int = _f(4, "clients sampled per round (fixed-size sampling)", range=(0, 1_000_000))
+    sample_rate: float = _f(0.0, "Poisson sampling rate; >0 replaces clients_per_round", range=(0.0, 1.0))
+    min_clients: int = _f(1, "a round with fewer successful clients is recorded as failed", range=(1, 1_000_000))
+    mu: float = _f(0.0, "FedProx proximal weight (strategy fedprox needs mu > 0)", range=(0.0, 1e6))
+    isfa_alpha: float = _f(0.65, "ISFA: weight of identity similarity vs temporal stability", range=(0.0, 1.0))
+    isfa_gamma: float = _f(1.0, "ISFA: temperature of exp(gamma * score)", range=(0.0, 100.0))
+    server_lr: float = _f(1.0, "server learning rate on the aggregated delta", range=(0.0, 100.0))
+    server_optimizer: str = _f("sgd", "server optimiser on the aggregated delta", choices=("sgd", "adam"))
+    server_beta1: float = _f(0.9, "FedAdam beta1", range=(0.0, 1.0))
+    server_beta2: float = _f(0.99, "FedAdam beta2", range=(0.0, 1.0))
+    server_eps: float = _f(1e-3, "FedAdam tau (adaptivity)", range=(0.0, 1.0))
+    max_update_norm: float = _f(1e3, "updates with a larger L2 norm are rejected as absurd", range=(0.0, None))
+    eval_every: int = _f(5, "personalised evaluation every k rounds (0 = only at the end)", range=(0, 1_000_000))
+    eval_clients: int = _f(4, "clients evaluated at each evaluation", range=(1, 1_000_000))
+    checkpoint_every: int = _f(1, "checkpoint every k rounds", range=(1, 1_000_000))
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    noise_multiplier: float = _f(0.0, "client-level DP noise multiplier z (0 = no DP)", range=(0.0, 1000.0))
+    clipping_norm: float = _f(0.0, "client update clip C (0 = no clipping)", range=(0.0, 1e9))
+    adaptive_clipping: bool = _f(False, "adapt C toward the target quantile (Andrew et al. 2021)")
+    target_quantile: float = _f(0.5, "adaptive clipping: target fraction of unclipped updates", range=(0.0, 1.0))
+    clip_lr: float = _f(0.2, "adaptive clipping: geometric learning rate", range=(0.0, 10.0))
+    clipped_count_stddev: float = _f(0.0, "adaptive clipping: noise on the unclipped count (0 = m/20)",
+                                     range=(0.0, 1e6))
+    noise_placement: str = _f("central", "where the Gaussian noise is added", choices=("central", "distributed"))
+    target_delta: float = _f(1e-5, "delta of the (epsilon, delta) guarantee", range=(0.0, 1.0))
+    target_epsilon: float = _f(0.0, "stop before exceeding this epsilon (0 = no budget)", range=(0.0, 1e6))
+    accountant: str = _f("rdp", "privacy accountant", choices=("rdp", "prv"))
+    secagg: bool = _f(False, "secure aggregation (SecAgg+) of the shared-adapter updates")
+    secagg_degree: int = _f(0, "SecAgg+ neighbours per client (0 = complete graph, classic SecAgg)",
+                            range=(0, 100_000))
+    secagg_threshold: float = _f(0.5, "fraction of sampled clients that must survive", range=(0.0, 1.0))
+    secagg_modulus_bits: int = _f(32, "fixed-point modulus 2^k", choices=(32, 64))
+    noise_scalars: float = _f(0.0, "stddev of noise on the ISFA scalars sent to the server", range=(0.0, 10.0))
+
+
+@dataclass(frozen=True)
+class TierConfig:
+    name: str = _f("cpu", "tier name")
+    num_workers: int = _f(1, "worker actors in this tier", range=(1, 100_000))
+    num_cpus: float = _f(1.0, "CPUs per worker actor", range=(0.0, 1024.0))
+    num_gpus: float = _f(0.0, "GPUs per worker actor (fractions allowed)", range=(0.0, 64.0))
+    resources: dict[str, float] = _f({}, "custom resources per worker, e.g. {'accelerator_type:A100': 0.001}")
+    batch_clips: int = _f(0, "override of train.batch_clips for this tier (0 = keep)", range=(0, 4096))
+    precision: str = _f("", "override of train.precision for this tier ('' = keep)",
+                        choices=("", "fp32", "bf16", "fp16"))
+    client_share: float = _f(1.0, "relative share of clients mapped to this tier", range=(0.0, 1e6))
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    address: str = _f("", "Ray address ('' = start a local instance, 'auto' = join a cluster)")
+    num_cpus: int = _f(0, "CPUs for a local Ray instance (0 = all)", range=(0, 4096))
+    num_gpus: int = _f(-1, "GPUs for a local Ray instance (-1 = detect)", range=(-1, 4096))
+    tiers: tuple[TierConfig, ...] = _f((TierConfig(),), "worker tiers of a heterogeneous cluster")
+    round_timeout_s: float = _f(3600.0, "a client not done by then counts as failed", range=(1.0, None))
+    resident_clients: int = _f(8, "client states kept in a worker's memory; the rest spill to disk",
+                               range=(0, 1_000_000))
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    clips: int = _f(1, "held-out clips per client in evaluation", range=(1, 1000))
+    frames: int = _f(8, "frames generated per evaluated clip", range=(1, 10_000))
+    sample_steps: int = _f(10, "DDIM steps when evaluating", range=(1, 1000))
+    save_videos: bool = _f(True, "write mp4 samples with audio")
+
+
+@dataclass(frozen=True)
+class Config:
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfigSpec = field(default_factory=LoraConfigSpec)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    fed: FedConfig = field(default_factory=FedConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(self)
+
+    def replace(self, **overrides: Any) -> Config:
+        """Return a copy with dotted-key overrides applied and validated: ``cfg.replace(**{"fed.rounds": 3})``."""
+        return apply_overrides(self, {k: v for k, v in overrides.items()})
+
+
+# ----------------------------------------------------------------------------------------------- validation
+
+
+def _to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple):
+        return [_to_plain(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    return obj
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; only lossless coercions (int -> float, list -> tuple)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a mapping for section '{_type_name(tp)}', got {value!r}")
+        return _build(tp, value, path)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{path}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{path}: expected a string, got {value!r}")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        inner = args[0]
+        return tuple(_coerce(v, inner, f"{path}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        kt, vt = typing.get_args(tp)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return {_coerce(k, kt, f"{path}.<key>"): _coerce(v, vt, f"{path}.{k}") for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, path)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+    raise ConfigError(f"{path}: unsupported annotation {tp!r}")  # a programming error in this module
+
+
+def _check_field(f: dataclasses.Field, value: Any, path: str) -> None:
+    rng, choices = f.metadata.get("range"), f.metadata.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{path}: {value!r} is not allowed; choose one of {list(choices)}")
+    if rng is not None:
+        lo, hi = rng
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            lo_s = "-inf" if lo is None else lo
+            hi_s = "inf" if hi is None else hi
+            raise ConfigError(f"{path}: {value!r} is out of range; allowed [{lo_s}, {hi_s}]")
+
+
+def _build(cls: type, data: Mapping[str, Any], path: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"{path}." if path else ""
+        raise ConfigError(f"{where}{unknown[0]}: unknown key; allowed keys here: {sorted(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{path}.{name}" if path else name
+        if name in data:
+            value = _coerce(data[name], hints[name], key)
+            _check_field(f, value, key)
+            kwargs[name] = value
+    obj = cls(**kwargs)
+    _cross_checks(obj, path)
+    return obj
+
+
+def _cross_checks(obj: Any, path: str) -> None:
+    p = f"{path}." if path else ""
+    if isinstance(obj, FedConfig):
+        if obj.strategy == "fedprox" and obj.mu <= 0:
+            raise ConfigError(f"{p}mu: {obj.mu!r} with strategy 'fedprox'; FedProx needs mu > 0")
+        if obj.clients_per_round == 0 and obj.sample_rate == 0:
+            raise ConfigError(f"{p}clients_per_round: 0 with sample_rate 0; set one of them")
+    if isinstance(obj, DataConfig):
+        bad = [k for k in obj.unreliable_kinds if k not in ("offset", "noise", "frozen")]
+        if bad:
+            raise ConfigError(f"{p}unreliable_kinds: {bad[0]!r} is not allowed; choose from "
+                              "['offset', 'noise', 'frozen']")
+    if isinstance(obj, ModelConfig):
+        if len(obj.vae_channels) < 1 or len(obj.unet_channels) < 1:
+            raise ConfigError(f"{p}vae_channels/unet_channels: need at least one block")
+        for c in obj.unet_channels:
+            if c % obj.attention_head_dim:
+                raise ConfigError(f"{p}attention_head_dim: {obj.attention_head_dim} must divide every "
+                                  f"unet_channels entry, got {list(obj.unet_channels)}")
+    if isinstance(obj, TrainConfig) and obj.lambda_tdc > 0 and obj.window < 2:
+        raise ConfigError(f"{p}window: {obj.window} with lambda_tdc > 0; TDC needs window >= 2")
+    if isinstance(obj, Config):
+        if obj.privacy.noise_multiplier > 0 and obj.privacy.clipping_norm <= 0:
+            raise ConfigError("privacy.clipping_norm: 0 with noise_multiplier > 0; DP needs a clipping norm > 0")
+        if obj.fed.min_clients > max(obj.fed.clients_per_round, 1) and obj.fed.sample_rate == 0:
+            raise ConfigError(f"fed.min_clients: {obj.fed.min_clients} exceeds fed.clients_per_round "
+                              f"{obj.fed.clients_per_round}")
+        if obj.fed.clients_per_round > obj.data.num_clients:
+            raise ConfigError(f"fed.clients_per_round: {obj.fed.clients_per_round} exceeds data.num_clients "
+                              f"{obj.data.num_clients}")
+        res, n_down = obj.data.resolution, len(obj.model.vae_channels) - 1
+        if res % (2 ** (n_down + len(obj.model.unet_channels) - 1)):
+            raise ConfigError(f"data.resolution: {res} is not divisible by the model's total downsampling "
+                              f"{2 ** (n_down + len(obj.model.unet_channels) - 1)}")
+
+
+def config_from_dict(data: Mapping[str, Any]) -> Config:
+    """Validate a plain mapping (e.g. parsed YAML) into a frozen :class:`Config`."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"<root>: expected a mapping of sections, got {type(data).__name__}")
+    return _build(Config, data, "")
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected section.key=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{key}: cannot parse value {raw!r}: {exc}") from None
+    return key.strip(), value
+
+
+def apply_overrides(cfg: Config, overrides: Mapping[str, Any] | list[str]) -> Config:
+    """Apply ``{"a.b": v}`` or ``["a.b=v", ...]`` overrides to a config and re-validate the whole tree."""
+    items = [_parse_override(s) for s in overrides] if isinstance(overrides, list) else list(overrides.items())
+    data = cfg.to_dict()
+    for key, value in items:
+        parts = key.split(".")
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            if not isinstance(node, dict) or part not in node:
+                raise ConfigError(f"{'.'.join(parts[: i + 1])}: unknown key in override {key!r}")
+            node = node[part]
+        if not isinstance(node, dict) or parts[-1] not in node:
+            raise ConfigError(f"{key}: unknown key in override")
+        node[parts[-1]] = value
+    return config_from_dict(data)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Load a YAML preset, apply ``--set`` overrides, validate. Errors name the file or the key."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    try:
+        cfg = config_from_dict(data or {})
+        return apply_overrides(cfg, overrides or [])
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def dump_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def explain(cls: type = Config, prefix: str = "") -> list[str]:
+    """One line per key: ``path = default  # reason [allowed]``."""
+    lines = []
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        hints = typing.get_type_hints(cls)
+        if dataclasses.is_dataclass(hints[f.name]):
+            lines += explain(hints[f.name], key + ".")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        allowed = f.metadata.get("choices") or f.metadata.get("range") or ""
+        lines.append(f"{key} = {_to_plain(default)!r}  # {f.metadata.get('help', '')} {allowed or ''}".rstrip())
+    return lines

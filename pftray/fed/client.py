@@ -1,0 +1,248 @@
+"""What one client runs in a round (no Ray): local training of the shared + identity adapters, the ISFA
+reliability scalars on its own data, and the update delta of the shared adapter.
+
+The identity adapter and its optimiser state are the client's private state (:class:`ClientState`); they are
+saved with the client and never returned to the server. Only :class:`ClientUpdate` leaves, and of it only the
+scalars (``num_examples``, ``id_sim``, ``temp_stab``, ``loss``) and later the weighted, clipped, noised and
+possibly masked delta.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pftray.config import Config
+from pftray.data import ClientData, clips_to_batch
+from pftray.model.adapters import (
+    adapter_parameters,
+    add_adapters,
+    flatten_state,
+    get_adapter_state,
+    load_adapter_state,
+    set_trainable,
+    unflatten_state,
+)
+from pftray.model.generator import TalkingHeadModel
+from pftray.model.losses import diffusion_losses, proximal_term
+
+#: diffusion timestep at which the reliability scalars are measured (moderate noise: the prediction is
+#: informative about identity and motion, yet the model must still do real work)
+RELIABILITY_TIMESTEP = 300
+
+
+@dataclass
+class ClientState:
+    """A client's private state: identity adapter, its optimiser state, and how many rounds it trained."""
+
+    identity: dict[str, torch.Tensor]
+    optimizer: dict[str, Any] | None = None
+    rounds_trained: int = 0
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        torch.save({"identity": self.identity, "optimizer": self.optimizer, "rounds_trained": self.rounds_trained},
+                   buf)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ClientState:
+        blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+        return cls(blob["identity"], blob["optimizer"], int(blob["rounds_trained"]))
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(self.to_bytes())
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ClientState:
+        return cls.from_bytes(Path(path).read_bytes())
+
+
+@dataclass
+class ClientUpdate:
+    client_id: int
+    num_examples: int
+    loss: float
+    diffusion_loss: float
+    tdc_loss: float
+    id_sim: float
+    temp_stab: float
+    update_norm: float
+    val_loss: float = float("nan")
+    status: str = "ok"
+    message: str = ""
+    delta: np.ndarray | None = field(default=None, repr=False)
+
+    def scalars(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("client_id", "num_examples", "loss", "diffusion_loss", "tdc_loss",
+                                              "id_sim", "temp_stab", "update_norm", "val_loss", "status",
+                                              "message")}
+
+
+def build_model(cfg: Config, *, device: str | torch.device = "cpu") -> TalkingHeadModel:
+    """The backbone (loaded from ``model.backbone`` when set) with both adapters added and everything frozen."""
+    model = TalkingHeadModel(cfg.model, cfg.data)
+    if cfg.model.backbone:
+        model.load_backbone(cfg.model.backbone)
+    model.requires_grad_(False)
+    add_adapters(model.unet, cfg.lora, seed=cfg.experiment.seed)
+    return model.to(device).eval()
+
+
+def initial_identity_state(model: TalkingHeadModel, client_id: int, seed: int) -> dict[str, torch.Tensor]:
+    """Fresh identity adapter for a client: A from a per-client seed (kaiming as peft does), B = 0."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + client_id)
+    out = {}
+    for k, p in adapter_parameters(model.unet, "identity").items():
+        if ".lora_A." in k:
+            bound = 1.0 / math.sqrt(p.shape[1])  # kaiming_uniform(a=sqrt(5)) bound used by peft
+            out[k] = (torch.rand(p.shape, generator=g) * 2 - 1) * bound
+        else:
+            out[k] = torch.zeros(p.shape)
+    return out
+
+
+class ClientTrainer:
+    """Runs local training for any client on one model instance (a worker hosts many clients)."""
+
+    def __init__(self, cfg: Config, *, device: str | torch.device = "cpu", model: TalkingHeadModel | None = None):
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.model = model if model is not None else build_model(cfg, device=self.device)
+        self.template = get_adapter_state(self.model.unet, "shared")
+
+    # ------------------------------------------------------------------------------------------- helpers
+    def _autocast(self):
+        prec = self.cfg.train.precision
+        if self.device.type == "cuda" and prec in ("bf16", "fp16"):
+            return torch.autocast("cuda", dtype=torch.bfloat16 if prec == "bf16" else torch.float16)
+        return torch.autocast("cpu", enabled=False)
+
+    def _batch(self, client: ClientData, rng: np.random.Generator, clips: list | None = None) -> dict:
+        clips = client.train if clips is None else clips
+        pick = rng.choice(len(clips), size=min(self.cfg.train.batch_clips, len(clips)), replace=False)
+        window = min(self.cfg.train.window, min(clips[i].frames.shape[0] for i in pick))
+        batch = clips_to_batch([clips[i] for i in pick], frames=window, rng=rng, reference=client.reference)
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def load(self, global_shared: np.ndarray, state: ClientState) -> None:
+        load_adapter_state(self.model.unet, "shared", unflatten_state(global_shared, self.template))
+        load_adapter_state(self.model.unet, "identity", state.identity)
+
+    # --------------------------------------------------------------------------------------------- train
+    def fit(self, client: ClientData, state: ClientState | None, global_shared: np.ndarray, *, server_round: int,
+            mu: float = 0.0, local_steps: int | None = None, train_shared: bool = True) -> tuple[ClientUpdate,
+                                                                                                 ClientState]:
+        """Local training: E steps of diffusion + lambda_tdc * TDC (+ mu/2 ||w - w_global||^2), then scalars."""
+        cfg = self.cfg
+        seed = (cfg.experiment.seed, server_round, client.client_id)
+        rng = np.random.default_rng(seed)
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        if state is None:
+            state = ClientState(initial_identity_state(self.model, client.client_id, cfg.experiment.seed))
+        self.load(global_shared, state)
+        global_params = {k: v.to(self.device) for k, v in unflatten_state(global_shared, self.template).items()}
+
+        shared = list(adapter_parameters(self.model.unet, "shared").values())
+        identity = list(adapter_parameters(self.model.unet, "identity").values())
+        set_trainable(self.model.unet, ["shared", "identity"] if train_shared else ["identity"])
+        # two optimisers: the identity optimiser's moments are private state that persists across rounds; the
+        # shared optimiser restarts every round from the new global weights (standard FL practice)
+        opt_id = torch.optim.Adam(identity, lr=cfg.train.lr_identity)
+        if state.optimizer:
+            opt_id.load_state_dict(state.optimizer)
+        opt_sh = torch.optim.Adam(shared, lr=cfg.train.lr_shared) if train_shared else None
+        trainable = identity + (shared if train_shared else [])
+
+        self.model.train()
+        losses, diffs, tdcs = [], [], []
+        steps = cfg.train.local_steps if local_steps is None else local_steps
+        for _ in range(steps):
+            batch = self._batch(client, rng)
+            with self._autocast():
+                out = diffusion_losses(self.model, batch, lambda_tdc=cfg.train.lambda_tdc,
+                                       tdc_space=cfg.train.tdc_space, generator=gen)
+                loss = out["loss"]
+                if mu > 0 and train_shared:
+                    loss = loss + proximal_term(adapter_parameters(self.model.unet, "shared"), global_params, mu)
+            opt_id.zero_grad(set_to_none=True)
+            if opt_sh is not None:
+                opt_sh.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.train.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(trainable, cfg.train.grad_clip)
+            opt_id.step()
+            if opt_sh is not None:
+                opt_sh.step()
+            losses.append(float(loss.detach()))
+            diffs.append(float(out["diffusion"].detach()))
+            tdcs.append(float(out["tdc"].detach()))
+        self.model.eval()
+        set_trainable(self.model.unet, [])
+
+        id_sim, temp_stab = self.reliability(client, np.random.default_rng((*seed, 1)))
+        val_loss = self.validation_loss(client)
+        new_shared = flatten_state(get_adapter_state(self.model.unet, "shared"))
+        delta = (new_shared - global_shared).astype(np.float32) if train_shared else np.zeros_like(global_shared)
+        norm = float(np.linalg.norm(delta))
+        new_state = ClientState(get_adapter_state(self.model.unet, "identity"), opt_id.state_dict(),
+                                state.rounds_trained + 1)
+        status, message = "ok", ""
+        if not np.all(np.isfinite(delta)) or not all(math.isfinite(x) for x in losses):
+            status, message = "nonfinite", "update or loss contains NaN/Inf"
+        update = ClientUpdate(client.client_id, client.num_examples, float(np.mean(losses)), float(np.mean(diffs)),
+                              float(np.mean(tdcs)), id_sim, temp_stab, norm, val_loss, status, message,
+                              delta)
+        return update, new_state
+
+    @torch.no_grad()
+    def validation_loss(self, client: ClientData) -> float:
+        """Denoising loss on the client's held-out clips with fixed noise and timesteps (comparable across
+        rounds): the personalised model's validation loss."""
+        rng = np.random.default_rng((self.cfg.experiment.seed, client.client_id, 5))
+        gen = torch.Generator().manual_seed(self.cfg.experiment.seed * 7919 + client.client_id)
+        batch = self._batch(client, rng, clips=client.heldout)
+        out = diffusion_losses(self.model, batch, lambda_tdc=0.0, generator=gen)
+        return float(out["diffusion"])
+
+    # ----------------------------------------------------------------------------------------- scalars
+    @torch.no_grad()
+    def reliability(self, client: ClientData, rng: np.random.Generator) -> tuple[float, float]:
+        """ISFA reliability scalars on the client's own training clips (DESIGN.md).
+
+        * ``temp_stab = 1 / (1 + J)``, ``J = mean |(x̂_{f+1} - x̂_f) - (x_{f+1} - x_f)|`` in pixel space (frames in
+          [0, 1]) where ``x̂`` is the model's x0-prediction at timestep ``RELIABILITY_TIMESTEP``.
+        * ``id_sim = (1 + cos(φ(x̂), φ(ref))) / 2`` in [0, 1], with φ the backbone's identity-token encoder over
+          VAE latents, averaged over frames: how well the personalised model's predictions keep the identity of
+          the client's reference frame.
+        """
+        batch = self._batch(client, rng)
+        b, f = batch["frames"].shape[:2]
+        x0 = self.model.encode(batch["frames"].flatten(0, 1))
+        ref = self.model.encode(batch["reference"]).repeat_interleave(f, dim=0)
+        g = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        t = torch.full((b * f,), RELIABILITY_TIMESTEP, dtype=torch.long, device=self.device)
+        eps = torch.randn(x0.shape, generator=g).to(self.device)
+        noisy = self.model.scheduler.add_noise(x0, eps, t)
+        out = self.model.predict(noisy, t, ref, batch["audio_feats"].flatten(0, 1), batch["pose"].flatten(0, 1))
+        x0_pred, _ = self.model.to_x0_eps(noisy, t, out.float())
+        img_pred = (self.model.decode(x0_pred) + 1) / 2
+        img = (batch["frames"].flatten(0, 1) + 1) / 2
+        p, y = img_pred.reshape(b, f, -1), img.reshape(b, f, -1)
+        if f >= 2:
+            jitter = float(((p[:, 1:] - p[:, :-1]) - (y[:, 1:] - y[:, :-1])).abs().mean())
+        else:
+            jitter = 0.0
+        phi = self.model.cond.identity_embedding
+        cos = F.cosine_similarity(phi(x0_pred), phi(ref), dim=1).mean()
+        return float((1 + cos) / 2), 1.0 / (1.0 + jitter)

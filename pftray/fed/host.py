@@ -1,0 +1,243 @@
+"""A client host: the plain object that one worker (a Ray actor, or the test process) uses to run many clients.
+
+It owns one model instance on one device, materialises client data on demand, keeps at most
+``runtime.resident_clients`` private client states in memory (the rest live on disk under the run directory,
+versioned by round so that a resumed run reads exactly the state of its checkpoint), and holds each trained
+client's update until the server has decided the aggregation weights. Only scalars, weighted/clipped/noised
+(partial) sums or secure-aggregation messages leave it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pftray.config import Config
+from pftray.data import ClientData
+from pftray.fed.client import ClientState, ClientTrainer, ClientUpdate
+from pftray.privacy.dp import clip_update
+
+
+class ClientProvider:
+    """Client data by id: synthetic clients are generated deterministically on demand; prepared real data is
+    read from its shards. A small LRU cache avoids regenerating clients sampled in consecutive rounds."""
+
+    def __init__(self, cfg: Config, cache_size: int = 16):
+        self.cfg = cfg
+        self.cache: OrderedDict[int, ClientData] = OrderedDict()
+        self.cache_size = cache_size
+        self._shards: list[Path] | None = None
+        if cfg.data.source != "synthetic":
+            root = Path(cfg.data.source)
+            if not root.is_dir():
+                raise FileNotFoundError(f"data.source: {root} is not a folder made by `pftray data prepare`")
+            self._shards = sorted(root.glob("client-*.parquet"), key=lambda p: int(re.findall(r"\d+", p.stem)[0]))
+            if not self._shards:
+                raise FileNotFoundError(f"data.source: {root} holds no client-*.parquet shards")
+
+    @property
+    def num_clients(self) -> int:
+        return len(self._shards) if self._shards is not None else self.cfg.data.num_clients
+
+    def synthetic_kwargs(self) -> dict[str, Any]:
+        d = self.cfg.data
+        return dict(num_clients=d.num_clients, clips_per_client=d.clips_per_client, heldout_clips=d.heldout_clips,
+                    frames_per_clip=d.frames_per_clip, resolution=d.resolution, quantity_skew=d.quantity_skew,
+                    unreliable_fraction=d.unreliable_fraction, unreliable_kinds=tuple(d.unreliable_kinds),
+                    n_mels=d.n_mels, audio_window=d.audio_window, seed=self.cfg.experiment.seed)
+
+    def get(self, client_id: int) -> ClientData:
+        if client_id in self.cache:
+            self.cache.move_to_end(client_id)
+            return self.cache[client_id]
+        if not 0 <= client_id < self.num_clients:
+            raise KeyError(f"client {client_id} is not registered (0..{self.num_clients - 1})")
+        if self._shards is not None:
+            from pftray.data import load_client_shard
+
+            client = load_client_shard(self._shards[client_id])
+            client.client_id = client_id
+        else:
+            from pftray.data import make_client
+
+            client = make_client(client_id, **self.synthetic_kwargs())
+        self.cache[client_id] = client
+        while len(self.cache) > self.cache_size:
+            self.cache.popitem(last=False)
+        return client
+
+
+class ClientStateStore:
+    """Private client states on disk (``clients/<id>/r<round>.pt``) with an in-memory LRU of resident states."""
+
+    def __init__(self, root: str | Path, resident: int = 8, keep: int = 2):
+        self.root = Path(root)
+        self.resident: OrderedDict[int, tuple[int, ClientState]] = OrderedDict()
+        self.max_resident, self.keep = resident, keep
+
+    def _dir(self, client_id: int) -> Path:
+        return self.root / str(client_id)
+
+    def load(self, client_id: int, *, before_round: int) -> ClientState | None:
+        """The newest state written at a round < ``before_round`` (None for a client never trained)."""
+        hit = self.resident.get(client_id)
+        if hit is not None and hit[0] < before_round:
+            self.resident.move_to_end(client_id)
+            return hit[1]
+        d = self._dir(client_id)
+        if not d.exists():
+            return None
+        rounds = sorted(int(p.stem[1:]) for p in d.glob("r*.pt") if p.stem[1:].isdigit())
+        rounds = [r for r in rounds if r < before_round]
+        return ClientState.load(d / f"r{rounds[-1]}.pt") if rounds else None
+
+    def save(self, client_id: int, server_round: int, state: ClientState) -> None:
+        d = self._dir(client_id)
+        d.mkdir(parents=True, exist_ok=True)
+        state.save(d / f"r{server_round}.pt")
+        old = sorted((int(p.stem[1:]) for p in d.glob("r*.pt") if p.stem[1:].isdigit()), reverse=True)
+        for r in old[self.keep:]:
+            (d / f"r{r}.pt").unlink(missing_ok=True)
+        if self.max_resident > 0:
+            self.resident[client_id] = (server_round, state)
+            self.resident.move_to_end(client_id)
+            while len(self.resident) > self.max_resident:
+                self.resident.popitem(last=False)
+
+
+class ClientHost:
+    """Hosts many clients on one device; the unit that a Ray worker actor wraps."""
+
+    def __init__(self, cfg: Config, run_dir: str | Path, *, device: str = "cpu", worker: str = "local",
+                 overrides: dict[str, Any] | None = None):
+        if overrides:
+            cfg = cfg.replace(**overrides)
+        self.cfg = cfg
+        self.device = device
+        self.worker = worker
+        torch.manual_seed(cfg.experiment.seed)
+        self.trainer = ClientTrainer(cfg, device=device)
+        self.data = ClientProvider(cfg)
+        self.states = ClientStateStore(Path(run_dir) / "clients", resident=cfg.runtime.resident_clients)
+        self.pending: dict[int, ClientUpdate] = {}
+        self.secagg: dict[int, Any] = {}
+
+    # ------------------------------------------------------------------------------------------------ fit
+    def fit(self, client_ids: list[int], global_shared: np.ndarray, server_round: int,
+            round_cfg: dict[str, Any]) -> list[dict[str, Any]]:
+        """Train each client locally; keep its delta here; return its scalar report."""
+        self.pending.clear()
+        self.secagg.clear()
+        reports = []
+        for cid in client_ids:
+            t0 = time.perf_counter()
+            try:
+                client = self.data.get(cid)
+                state = self.states.load(cid, before_round=server_round)
+                update, new_state = self.trainer.fit(client, state, global_shared, server_round=server_round,
+                                                     mu=float(round_cfg.get("mu", 0.0)))
+                if round_cfg.get("fault_nan_clients") and cid in round_cfg["fault_nan_clients"]:
+                    update.delta[:] = np.nan  # fault injection for tests of the server's rejection path
+                    update.status, update.message = "nonfinite", "update contains NaN/Inf"
+                self.states.save(cid, server_round, new_state)
+                sigma = float(round_cfg.get("noise_scalars", 0.0))
+                if sigma > 0:
+                    rng = np.random.default_rng((self.cfg.experiment.seed, server_round, cid, 99))
+                    update.id_sim += float(rng.normal(0, sigma))
+                    update.temp_stab += float(rng.normal(0, sigma))
+                self.pending[cid] = update
+                rep = update.scalars()
+            except Exception as exc:  # a failing client must not take its worker's other clients down
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                rep = {"client_id": cid, "status": "error", "message": f"{type(exc).__name__}: {exc}"}
+            rep.update(worker=self.worker, node_id=_node_id(), gpu_ids=os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+                       fit_s=time.perf_counter() - t0)
+            reports.append(rep)
+        return reports
+
+    def _prepared(self, cid: int, scale: float, clipping_norm: float, noise_std: float,
+                  seed: int) -> tuple[np.ndarray, float, bool]:
+        upd = self.pending[cid]
+        v = upd.delta * np.float32(scale)
+        norm, clipped = float(np.linalg.norm(v)), False
+        if clipping_norm > 0:
+            v, norm, clipped = clip_update(v, clipping_norm)
+        if noise_std > 0:
+            rng = np.random.default_rng((seed, cid))
+            v = v + rng.normal(0.0, noise_std, size=v.shape).astype(np.float32)
+        return v.astype(np.float32), norm, clipped
+
+    def contribute(self, scales: dict[int, float], *, clipping_norm: float = 0.0, noise_std: float = 0.0,
+                   seed: int = 0) -> tuple[np.ndarray, dict[int, dict[str, Any]]]:
+        """Sum over this host's clients of ``clip(scale_k * delta_k, C) (+ noise share)``; per-client norm/clip."""
+        total, info = None, {}
+        for cid, scale in scales.items():
+            v, norm, clipped = self._prepared(cid, scale, clipping_norm, noise_std, seed)
+            total = v.astype(np.float64) if total is None else total + v
+            info[cid] = {"update_norm_scaled": norm, "clipped": clipped}
+        self.pending.clear()
+        return total, info
+
+    # ------------------------------------------------------------------------------------------- secagg
+    def secagg_stage(self, stage: str, messages: dict[int, Any], *, scales: dict[int, float] | None = None,
+                     clipping_norm: float = 0.0, noise_std: float = 0.0, seed: int = 0) -> dict[int, Any]:
+        """Run one SecAgg+ client stage for the hosted clients addressed in ``messages``."""
+        from pftray.privacy.secagg import SecAggClient
+
+        replies = {}
+        for cid, msg in messages.items():
+            if stage == "setup":
+                self.secagg[cid] = SecAggClient(cid, rng=np.random.default_rng((seed, cid, 1)))
+                replies[cid] = self.secagg[cid].setup(msg)
+            elif stage == "share_keys":
+                replies[cid] = self.secagg[cid].share_keys(msg)
+            elif stage == "masked_input":
+                v, norm, clipped = self._prepared(cid, scales[cid], clipping_norm, noise_std, seed)
+                # the unclipped indicator rides along as one extra coordinate: adaptive clipping learns only
+                # the count over survivors, never who was clipped
+                vec = np.concatenate([v, np.array([0.0 if clipped else 1.0], np.float32)])
+                replies[cid] = self.secagg[cid].masked_input(msg, vec)
+            elif stage == "unmask":
+                replies[cid] = self.secagg[cid].unmask(msg)
+            else:
+                raise ValueError(f"unknown secagg stage {stage!r}")
+        if stage == "unmask":
+            self.secagg.clear()
+            self.pending.clear()
+        return replies
+
+    # ----------------------------------------------------------------------------------------- evaluate
+    def evaluate(self, client_ids: list[int], global_shared: np.ndarray, server_round: int, *,
+                 baseline: bool = True, save_dir: str | None = None) -> list[dict[str, Any]]:
+        from pftray.fed.evaluate import evaluate_client
+
+        rows = []
+        for cid in client_ids:
+            client = self.data.get(cid)
+            state = self.states.load(cid, before_round=server_round + 1)
+            rows += evaluate_client(self.trainer, client, state, global_shared, server_round=server_round,
+                                    cfg=self.cfg, baseline=baseline, save_dir=save_dir)
+        return rows
+
+    def ping(self) -> dict[str, Any]:
+        return {"worker": self.worker, "node_id": _node_id(), "gpu_ids": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+                "pid": os.getpid()}
+
+
+def _node_id() -> str:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - outside Ray there is no node id
+        pass
+    return "local"

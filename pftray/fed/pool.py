@@ -1,0 +1,56 @@
+"""An in-process pool of client hosts (no Ray): what tests and single-process runs use.
+
+Clients map to hosts by ``client_id % len(hosts)``; the Ray pool (:mod:`pftray.runtime.pool`) keeps the same
+contract with actors instead of objects.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pftray.fed.host import ClientHost
+
+
+def group_by_host(ids, num_hosts: int) -> dict[int, list[int]]:
+    groups: dict[int, list[int]] = {}
+    for cid in ids:
+        groups.setdefault(int(cid) % num_hosts, []).append(int(cid))
+    return groups
+
+
+class LocalPool:
+    def __init__(self, hosts: list[ClientHost]):
+        if not hosts:
+            raise ValueError("LocalPool needs at least one host")
+        self.hosts = hosts
+
+    def fit(self, ids: list[int], global_shared: np.ndarray, server_round: int,
+            round_cfg: dict[str, Any]) -> list[dict[str, Any]]:
+        reports = []
+        for h, group in group_by_host(ids, len(self.hosts)).items():
+            reports += self.hosts[h].fit(group, global_shared, server_round, round_cfg)
+        return reports
+
+    def contribute(self, scales: dict[int, float], *, clipping_norm: float, noise_std: float,
+                   seed: int) -> tuple[np.ndarray, dict[int, dict[str, Any]]]:
+        total, info = None, {}
+        for h, group in group_by_host(scales, len(self.hosts)).items():
+            part, inf = self.hosts[h].contribute({c: scales[c] for c in group}, clipping_norm=clipping_norm,
+                                                 noise_std=noise_std, seed=seed)
+            total = part if total is None else total + part
+            info.update(inf)
+        return total, info
+
+    def secagg_stage(self, stage: str, messages: dict[int, Any], **kw: Any) -> dict[int, Any]:
+        replies: dict[int, Any] = {}
+        for h, group in group_by_host(messages, len(self.hosts)).items():
+            replies.update(self.hosts[h].secagg_stage(stage, {c: messages[c] for c in group}, **kw))
+        return replies
+
+    def evaluate(self, ids: list[int], global_shared: np.ndarray, server_round: int, **kw: Any) -> list[dict]:
+        rows = []
+        for h, group in group_by_host(ids, len(self.hosts)).items():
+            rows += self.hosts[h].evaluate(group, global_shared, server_round, **kw)
+        return rows

@@ -1,0 +1,212 @@
+"""The conditional latent-diffusion talking-head generator.
+
+Read top to bottom:
+
+* ``AutoencoderKL`` maps a 64x64 frame to a small latent (downsampling ``2^(len(vae_channels)-1)``).
+* ``UNet2DConditionModel`` denoises the latent of one frame. Its input is the noisy latent concatenated with
+  the latent of the identity's **reference frame** and with the head **pose** broadcast as constant maps (so
+  that plain convolutions can move the face); its cross-attention reads **condition tokens**: one token per mel
+  frame of the audio window around the frame (the mouth follows these), one pose token and one identity token.
+* A diffusers ``DDPMScheduler`` gives the forward process and training targets (v-prediction by default);
+  ``DDIMScheduler`` samples.
+
+The backbone (VAE, UNet, condition encoder) is pre-trained on public identities and then frozen; federated
+training only touches the two LoRA adapters on the UNet (see :mod:`pftray.model.adapters`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+
+from pftray.config import DataConfig, ModelConfig
+
+POSE_DIM = 4  # yaw, pitch, roll, blink
+
+
+def _groups(channels: tuple[int, ...]) -> int:
+    g = 32
+    while any(c % g for c in channels):
+        g //= 2
+    return g
+
+
+def build_vae(mcfg: ModelConfig, resolution: int) -> AutoencoderKL:
+    n = len(mcfg.vae_channels)
+    if mcfg.pretrained:
+        return AutoencoderKL.from_pretrained(Path(mcfg.pretrained) / "vae", local_files_only=True)
+    return AutoencoderKL(
+        in_channels=3, out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(mcfg.vae_channels), layers_per_block=mcfg.vae_layers_per_block,
+        latent_channels=mcfg.latent_channels, norm_num_groups=_groups(tuple(mcfg.vae_channels)),
+        sample_size=resolution, mid_block_add_attention=False,
+    )
+
+
+def build_unet(mcfg: ModelConfig, latent_size: int, latent_channels: int) -> UNet2DConditionModel:
+    if mcfg.pretrained:
+        return UNet2DConditionModel.from_pretrained(Path(mcfg.pretrained) / "unet", local_files_only=True)
+    n = len(mcfg.unet_channels)
+    return UNet2DConditionModel(
+        sample_size=latent_size,
+        in_channels=2 * latent_channels + POSE_DIM,
+        out_channels=latent_channels,
+        down_block_types=("CrossAttnDownBlock2D",) * n,
+        up_block_types=("CrossAttnUpBlock2D",) * n,
+        block_out_channels=tuple(mcfg.unet_channels),
+        layers_per_block=mcfg.unet_layers_per_block,
+        cross_attention_dim=mcfg.cross_attention_dim,
+        attention_head_dim=mcfg.attention_head_dim,
+        norm_num_groups=_groups(tuple(mcfg.unet_channels)),
+    )
+
+
+class ConditionEncoder(nn.Module):
+    """Audio window, pose and reference latent -> cross-attention tokens ``[B, A + 2, D]``."""
+
+    def __init__(self, *, n_mels: int, audio_window: int, latent_channels: int, dim: int):
+        super().__init__()
+        self.audio_in = nn.Sequential(nn.Linear(n_mels, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.audio_mix = nn.Conv1d(dim, dim, kernel_size=3, padding=1)
+        self.audio_pos = nn.Parameter(torch.randn(audio_window, dim) * 0.02)
+        self.pose = nn.Sequential(nn.Linear(POSE_DIM, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.identity = nn.Sequential(
+            nn.Conv2d(latent_channels, dim, 3, padding=1), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Linear(dim, dim),
+        )
+        self.norm = nn.LayerNorm(dim)
+
+    def identity_embedding(self, ref_latent: torch.Tensor) -> torch.Tensor:
+        return self.identity(ref_latent)
+
+    def forward(self, audio_feats: torch.Tensor, pose: torch.Tensor, ref_latent: torch.Tensor) -> torch.Tensor:
+        a = self.audio_in(audio_feats)  # [B, A, D]
+        a = a + self.audio_mix(a.transpose(1, 2)).transpose(1, 2) + self.audio_pos
+        tokens = torch.cat([a, self.pose(pose)[:, None], self.identity(ref_latent)[:, None]], dim=1)
+        return self.norm(tokens)
+
+
+class TalkingHeadModel(nn.Module):
+    """VAE + conditional UNet + condition encoder + schedulers, with the latent scale learned at pre-training."""
+
+    def __init__(self, mcfg: ModelConfig, dcfg: DataConfig):
+        super().__init__()
+        self.mcfg, self.resolution = mcfg, dcfg.resolution
+        self.vae = build_vae(mcfg, dcfg.resolution)
+        down = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.latent_channels = self.vae.config.latent_channels
+        self.latent_size = dcfg.resolution // down
+        self.unet = build_unet(mcfg, self.latent_size, self.latent_channels)
+        self.cond = ConditionEncoder(n_mels=dcfg.n_mels, audio_window=dcfg.audio_window,
+                                     latent_channels=self.latent_channels, dim=self.unet.config.cross_attention_dim)
+        self.register_buffer("latent_scale", torch.tensor(1.0))
+        self.register_buffer("latent_shift", torch.zeros(self.latent_channels))
+        self.scheduler = DDPMScheduler(num_train_timesteps=mcfg.num_train_timesteps,
+                                       beta_schedule=mcfg.beta_schedule, prediction_type=mcfg.prediction_type,
+                                       clip_sample=False)
+        if mcfg.gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+
+    # ------------------------------------------------------------------------------------------- latents
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames ``[N, 3, H, W]`` in [-1, 1] -> normalised latents (posterior mean: deterministic)."""
+        mean = self.vae.encode(frames).latent_dist.mean
+        return (mean - self.latent_shift[None, :, None, None]) * self.latent_scale
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        z = latents / self.latent_scale + self.latent_shift[None, :, None, None]
+        return self.vae.decode(z).sample.clamp(-1, 1)
+
+    @torch.no_grad()
+    def fit_latent_stats(self, frames: torch.Tensor) -> None:
+        """Per-channel shift and one global scale so that latents have zero mean and unit variance."""
+        mean = self.vae.encode(frames).latent_dist.mean
+        self.latent_shift.copy_(mean.mean(dim=(0, 2, 3)))
+        self.latent_scale.fill_(1.0 / float((mean - self.latent_shift[None, :, None, None]).std()))
+
+    # --------------------------------------------------------------------------------------------- UNet
+    def unet_input(self, noisy: torch.Tensor, ref_latent: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
+        pose_maps = pose[:, :, None, None].expand(-1, -1, noisy.shape[-2], noisy.shape[-1])
+        return torch.cat([noisy, ref_latent, pose_maps.to(noisy.dtype)], dim=1)
+
+    def predict(self, noisy: torch.Tensor, t: torch.Tensor, ref_latent: torch.Tensor, audio_feats: torch.Tensor,
+                pose: torch.Tensor) -> torch.Tensor:
+        """Raw UNet output (the scheduler's ``prediction_type``) for a batch of single frames."""
+        tokens = self.cond(audio_feats, pose, ref_latent)
+        return self.unet(self.unet_input(noisy, ref_latent, pose), t, encoder_hidden_states=tokens).sample
+
+    def to_x0_eps(self, noisy: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Convert a model output to (x0, eps) predictions (Salimans & Ho 2022 for v)."""
+        ac = self.scheduler.alphas_cumprod.to(noisy.device, noisy.dtype)[t]
+        a, s = ac.sqrt()[:, None, None, None], (1 - ac).sqrt()[:, None, None, None]
+        ptype = self.scheduler.config.prediction_type
+        if ptype == "v_prediction":
+            return a * noisy - s * out, a * out + s * noisy
+        if ptype == "epsilon":
+            return (noisy - s * out) / a, out
+        return out, (noisy - a * out) / s
+
+    # ------------------------------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample(self, reference: torch.Tensor, audio_feats: torch.Tensor, pose: torch.Tensor, *, steps: int = 10,
+               generator: torch.Generator | None = None, shared_noise: bool = True) -> torch.Tensor:
+        """Generate frames ``[T, 3, H, W]`` in [-1, 1] for one clip with DDIM.
+
+        ``reference`` is ``[3, H, W]``; ``audio_feats`` ``[T, A, M]``; ``pose`` ``[T, 4]``. With ``shared_noise``
+        every frame starts from the same initial noise, which removes most sampling flicker.
+        """
+        n = audio_feats.shape[0]
+        device = reference.device
+        ddim = DDIMScheduler.from_config(self.scheduler.config, clip_sample=False, set_alpha_to_one=True)
+        ddim.set_timesteps(steps, device=device)
+        ref_latent = self.encode(reference[None]).expand(n, -1, -1, -1)
+        shape = (1 if shared_noise else n, self.latent_channels, self.latent_size, self.latent_size)
+        x = torch.randn(shape, generator=generator, device="cpu").to(device).expand(n, -1, -1, -1).contiguous()
+        tokens = self.cond(audio_feats, pose, ref_latent)
+        for t in ddim.timesteps:
+            tt = torch.full((n,), int(t), device=device, dtype=torch.long)
+            out = self.unet(self.unet_input(x, ref_latent, pose), tt, encoder_hidden_states=tokens).sample
+            x = ddim.step(out, t, x).prev_sample
+        return self.decode(x)
+
+    # ---------------------------------------------------------------------------------------- persistence
+    def backbone_state(self) -> dict[str, Any]:
+        """Base weights only (no LoRA): what `pftray pretrain` ships."""
+        sd = {k: v for k, v in self.state_dict().items() if "lora_" not in k}
+        return {"state_dict": sd, "model_config": asdict(self.mcfg), "resolution": self.resolution}
+
+    def load_backbone(self, path: str | Path) -> None:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        sd = blob["state_dict"] if "state_dict" in blob else blob
+        own = {k for k in self.state_dict() if "lora_" not in k}
+        missing, unexpected = own - set(sd), set(sd) - own
+        if missing or unexpected:
+            raise ValueError(f"{path}: backbone does not match the model config "
+                             f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+        for k, v in sd.items():
+            if self.state_dict()[k].shape != v.shape:
+                raise ValueError(f"{path}: backbone tensor {k} has shape {tuple(v.shape)}, the config builds "
+                                 f"{tuple(self.state_dict()[k].shape)}; use the model section it was trained with")
+        self.load_state_dict(sd, strict=False)
+
+
+def num_params(module: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def vae_loss(model: TalkingHeadModel, frames: torch.Tensor, kl_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """L1 + MSE reconstruction + KL (small) for VAE pre-training; returns (loss, recon) ."""
+    post = model.vae.encode(frames).latent_dist
+    z = post.sample()
+    recon = model.vae.decode(z).sample
+    rec = F.l1_loss(recon, frames) + F.mse_loss(recon, frames)
+    kl = post.kl().mean() / math.prod(frames.shape[1:])
+    return rec + kl_weight * kl, recon

@@ -1,0 +1,154 @@
+"""Public pre-training of the backbone on the disjoint public identities: VAE first, then UNet + condition
+encoder on cached latents. Resumable: a partial checkpoint is written every ``pretrain.checkpoint_every`` steps
+and picked up by the next call with the same output path.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pftray.config import Config
+from pftray.model.generator import TalkingHeadModel, vae_loss
+from pftray.model.losses import diffusion_losses
+from pftray.results import atomic_write_bytes
+
+
+def public_data(cfg: Config) -> tuple[list, np.ndarray, np.ndarray]:
+    """Public clips, the identity index of each clip, and the reference frame of each identity (uint8)."""
+    from pftray.data.partition import make_public_clips, public_reference
+
+    d = cfg.data
+    clips = make_public_clips(num_identities=d.public_identities, clips_per_identity=d.public_clips_per_identity,
+                              frames_per_clip=d.frames_per_clip, resolution=d.resolution, n_mels=d.n_mels,
+                              audio_window=d.audio_window, seed=cfg.experiment.seed)
+    ident = np.repeat(np.arange(d.public_identities), d.public_clips_per_identity)
+    refs = np.stack([public_reference(i, resolution=d.resolution, seed=cfg.experiment.seed)
+                     for i in range(d.public_identities)])
+    return clips, ident, refs
+
+
+def _to_t(frames_uint8: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(frames_uint8).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+
+
+def _save_partial(path: Path, blob: dict[str, Any]) -> None:
+    buf = io.BytesIO()
+    torch.save(blob, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def pretrain(cfg: Config, out: str | Path, *, progress: Callable[[str, int, int, float], None] | None = None,
+             device: str = "cpu") -> dict[str, Any]:
+    """Pre-train the backbone; write ``out`` (the file that ``model.backbone`` points at). Returns a summary."""
+    out = Path(out)
+    partial = out.with_name(out.name + ".partial")
+    p = cfg.pretrain
+    torch.manual_seed(cfg.experiment.seed)
+    model = TalkingHeadModel(cfg.model, cfg.data).to(device)
+    clips, ident, refs = public_data(cfg)
+    frames = np.concatenate([c.frames for c in clips])  # [N, H, W, 3] uint8
+    rng = np.random.default_rng((cfg.experiment.seed, 23))
+    state: dict[str, Any] = {"phase": "vae", "step": 0, "times": {"vae": 0.0, "unet": 0.0}, "losses": []}
+    opt = torch.optim.Adam(model.vae.parameters(), lr=p.lr_vae)
+    if partial.exists():
+        blob = torch.load(partial, map_location="cpu", weights_only=False)
+        model.load_state_dict(blob["model"])
+        state = blob["state"]
+        rng.bit_generator.state = blob["rng"]
+        torch.set_rng_state(blob["torch_rng"])
+        if state["phase"] == "unet":
+            opt = _unet_optimizer(model, p.lr_unet)
+        opt.load_state_dict(blob["optimizer"])
+
+    def checkpoint() -> None:
+        _save_partial(partial, {"model": model.state_dict(), "state": state, "rng": rng.bit_generator.state,
+                                "torch_rng": torch.get_rng_state(), "optimizer": opt.state_dict()})
+
+    # ---- stage 1: VAE on all public frames
+    if state["phase"] == "vae":
+        model.vae.train()
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(p.vae_steps, 1), last_epoch=state["step"] - 1) \
+            if p.vae_steps else None
+        t0 = time.perf_counter() - state["times"]["vae"]
+        while state["step"] < p.vae_steps:
+            idx = rng.integers(0, len(frames), size=p.batch_frames)
+            x = _to_t(frames[idx]).to(device)
+            loss, _ = vae_loss(model, x, p.kl_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            state["step"] += 1
+            state["times"]["vae"] = time.perf_counter() - t0
+            if progress:
+                progress("vae", state["step"], p.vae_steps, float(loss))
+            if state["step"] % p.checkpoint_every == 0:
+                checkpoint()
+        model.vae.eval()
+        with torch.no_grad():
+            sample = _to_t(frames[rng.integers(0, len(frames), size=min(512, len(frames)))]).to(device)
+            model.fit_latent_stats(sample)
+        state.update(phase="unet", step=0)
+        opt = _unet_optimizer(model, p.lr_unet)
+        checkpoint()
+
+    # ---- stage 2: UNet + condition encoder on cached latents (the VAE is frozen)
+    model.vae.requires_grad_(False)
+    with torch.no_grad():
+        lat = torch.cat([model.encode(_to_t(frames[i: i + 256]).to(device)) for i in range(0, len(frames), 256)])
+        lat = lat.reshape(len(clips), -1, *lat.shape[1:])  # [clips, T, C, h, w]
+        ref_lat = model.encode(_to_t(refs).to(device))
+    audio = torch.from_numpy(np.stack([c.audio_feats for c in clips])).to(device)
+    pose = torch.from_numpy(np.stack([c.pose for c in clips])).to(device)
+    window = max(cfg.train.window, 2)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(p.unet_steps, 1), last_epoch=state["step"] - 1) \
+        if p.unet_steps else None
+    gen = torch.Generator().manual_seed(cfg.experiment.seed + state["step"])
+    model.unet.train()
+    t0 = time.perf_counter() - state["times"]["unet"]
+    while state["step"] < p.unet_steps:
+        ci = rng.integers(0, len(clips), size=p.batch_clips)
+        starts = rng.integers(0, lat.shape[1] - window + 1, size=p.batch_clips)
+        win = torch.as_tensor(starts)[:, None] + torch.arange(window)[None]
+        ci_t = torch.as_tensor(ci)[:, None]
+        batch = {"audio_feats": audio[ci_t, win], "pose": pose[ci_t, win]}
+        x0 = lat[ci_t, win].flatten(0, 1)
+        ref = ref_lat[torch.as_tensor(ident[ci])]
+        out_ = diffusion_losses(model, batch, lambda_tdc=cfg.train.lambda_tdc, tdc_space=cfg.train.tdc_space,
+                                generator=gen, latents=(x0, ref))
+        opt.zero_grad(set_to_none=True)
+        out_["loss"].backward()
+        torch.nn.utils.clip_grad_norm_([q for g in opt.param_groups for q in g["params"]], 1.0)
+        opt.step()
+        sched.step()
+        state["step"] += 1
+        state["times"]["unet"] = time.perf_counter() - t0
+        if state["step"] % 50 == 0:
+            state["losses"].append((state["step"], float(out_["diffusion"])))
+        if progress:
+            progress("unet", state["step"], p.unet_steps, float(out_["loss"]))
+        if state["step"] % p.checkpoint_every == 0:
+            checkpoint()
+    model.eval()
+    blob = model.backbone_state()
+    blob["pretrain"] = {"vae_steps": p.vae_steps, "unet_steps": p.unet_steps, "times": state["times"],
+                        "public_identities": cfg.data.public_identities, "seed": cfg.experiment.seed}
+    buf = io.BytesIO()
+    torch.save(blob, buf)
+    atomic_write_bytes(out, buf.getvalue())
+    partial.unlink(missing_ok=True)
+    return {"out": str(out), "times": state["times"], "losses": state["losses"]}
+
+
+def _unet_optimizer(model: TalkingHeadModel, lr: float) -> torch.optim.Optimizer:
+    params = [p for n, p in model.named_parameters() if not n.startswith("vae.") and "lora_" not in n]
+    for q in params:
+        q.requires_grad_(True)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)

@@ -1,0 +1,116 @@
+"""Fixed-point quantisation for secure aggregation (modular arithmetic mod ``2**k``).
+
+A float vector is clipped to ``[-c, c]`` and mapped affinely onto the integer grid ``{0, ..., L}``::
+
+    q(x) = round((clip(x, -c, c) + c) * s),   s = L / (2c),   L = floor((2**k - 1) / n)
+
+where ``n`` is the largest number of clients whose vectors can enter one sum. Each quantised vector lies
+in ``[0, L]`` and the sum of at most ``n`` of them is at most ``n * L <= 2**k - 1``, so the modular sum
+never wraps and :func:`dequantize_sum` recovers ``sum_i x_i`` as ``S / s - m * c`` for ``m`` contributors.
+
+Error bound (per coordinate, on the dequantised SUM of ``m`` clipped vectors), see
+:func:`quantization_error_bound`:
+
+* deterministic (round-to-nearest): ``|err| <= m / (2 s) = m * c / L``;
+* stochastic rounding: every client's error is in ``(-1/s, 1/s)`` and has mean zero, so the sum is
+  unbiased and ``|err| < m / s = 2 m c / L`` (with standard deviation at most ``sqrt(m) / (2 s)``).
+
+Clipping to ``[-c, c]`` is a separate, data-dependent error that the bound does not include; with DP
+clipping of the L2 norm to ``C`` choosing ``c >= C`` makes it zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from pftray.privacy.secagg.primitives import uint_dtype
+
+__all__ = ["QuantizationSpec", "dequantize_sum", "quantization_error_bound", "quantize"]
+
+Rounding = Literal["stochastic", "deterministic"]
+
+
+@dataclass(frozen=True)
+class QuantizationSpec:
+    """Parameters of the fixed-point grid shared by the server and every client of one round.
+
+    Attributes:
+        clip_range: ``c``; each coordinate is clipped to ``[-c, c]`` before quantisation.
+        num_clients: ``n``; the largest number of vectors that may be summed (the round's sample size).
+        modulus_bits: ``k`` in [2, 53]; arithmetic is modulo ``2**k`` (uint32 words for k <= 32).
+        rounding: ``"stochastic"`` (unbiased, default) or ``"deterministic"`` (round to nearest).
+    """
+
+    clip_range: float
+    num_clients: int
+    modulus_bits: int = 32
+    rounding: Rounding = "stochastic"
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.clip_range) and self.clip_range > 0):
+            raise ValueError(f"clip_range must be a finite positive float, got {self.clip_range!r}")
+        if not isinstance(self.num_clients, int) or self.num_clients < 1:
+            raise ValueError(f"num_clients must be a positive int, got {self.num_clients!r}")
+        if not isinstance(self.modulus_bits, int) or not 2 <= self.modulus_bits <= 53:
+            # float64 represents every integer below 2**53 exactly; wider grids would break the error bound.
+            raise ValueError(f"modulus_bits must be an int in [2, 53], got {self.modulus_bits!r}")
+        if self.rounding not in ("stochastic", "deterministic"):
+            raise ValueError(f"rounding must be 'stochastic' or 'deterministic', got {self.rounding!r}")
+        if self.levels < 1:
+            raise ValueError(
+                f"modulus_bits={self.modulus_bits} leaves no room for num_clients={self.num_clients}: "
+                f"need 2**k - 1 >= num_clients"
+            )
+
+    @property
+    def levels(self) -> int:
+        """``L = floor((2**k - 1) / n)``: the largest quantised value of one client."""
+        return ((1 << self.modulus_bits) - 1) // self.num_clients
+
+    @property
+    def scale(self) -> float:
+        """``s = L / (2c)``: quantisation steps per unit."""
+        return self.levels / (2.0 * self.clip_range)
+
+
+def quantize(x: np.ndarray, spec: QuantizationSpec, *, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Map a float vector onto ``{0..L}`` as :func:`uint_dtype` words (see module docstring).
+
+    ``rng`` drives stochastic rounding (required when ``spec.rounding == "stochastic"``). Non-finite
+    input raises ``ValueError``.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if not np.all(np.isfinite(x)):
+        raise ValueError("quantize: input contains NaN or inf")
+    v = (np.clip(x, -spec.clip_range, spec.clip_range) + spec.clip_range) * spec.scale
+    np.clip(v, 0.0, float(spec.levels), out=v)
+    if spec.rounding == "deterministic":
+        q = np.rint(v)
+    else:
+        if rng is None:
+            raise ValueError("quantize: stochastic rounding needs an rng")
+        q = np.floor(v)
+        q += rng.random(v.shape) < (v - q)
+        np.minimum(q, float(spec.levels), out=q)
+    return q.astype(uint_dtype(spec.modulus_bits))
+
+
+def dequantize_sum(total: np.ndarray, spec: QuantizationSpec, *, num_summed: int) -> np.ndarray:
+    """Invert the affine map on a sum of ``num_summed`` quantised vectors: ``S / s - num_summed * c``."""
+    if not isinstance(num_summed, int) or not 1 <= num_summed <= spec.num_clients:
+        raise ValueError(f"num_summed must be an int in [1, {spec.num_clients}], got {num_summed!r}")
+    return np.asarray(total, dtype=np.float64) / spec.scale - num_summed * spec.clip_range
+
+
+def quantization_error_bound(spec: QuantizationSpec, *, num_summed: int) -> float:
+    """Worst-case absolute per-coordinate error of the dequantised sum of ``num_summed`` vectors in range.
+
+    ``m / (2 s)`` for deterministic rounding and ``m / s`` for stochastic rounding (strict).
+    """
+    if not isinstance(num_summed, int) or num_summed < 1:
+        raise ValueError(f"num_summed must be a positive int, got {num_summed!r}")
+    per_client = 0.5 / spec.scale if spec.rounding == "deterministic" else 1.0 / spec.scale
+    return num_summed * per_client

@@ -1,0 +1,171 @@
+"""Starting, running and resuming a federated run.
+
+``run_federated`` is what ``pftray run`` calls: it prepares the run directory, then runs the rounds either in a
+**driver actor** on Ray (default; the actor creates the client-worker actors of every tier and survives the
+CLI process only as long as Ray does) or in-process over a :class:`~pftray.fed.pool.LocalPool`
+(``use_ray=False``, for debugging and tests).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pftray.config import Config, config_from_dict, dump_config, load_config
+from pftray.results import RunDir, environment_meta
+
+
+def initial_shared(cfg: Config) -> np.ndarray:
+    """The round-0 global shared adapter: LoRA A from the experiment seed, B = 0 (the identity map)."""
+    import torch
+
+    from pftray.fed.client import build_model
+    from pftray.model.adapters import flatten_state, get_adapter_state
+
+    torch.manual_seed(cfg.experiment.seed)
+    model = build_model(cfg)
+    return flatten_state(get_adapter_state(model.unet, "shared"))
+
+
+def new_run_dir(cfg: Config, out: str | None) -> RunDir:
+    if out:
+        return RunDir(out)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return RunDir(Path(cfg.experiment.out_dir) / f"{cfg.experiment.name}-{stamp}")
+
+
+def prepare_run(cfg: Config, run: RunDir) -> None:
+    if (run.path / "config.yaml").exists():
+        raise FileExistsError(f"{run.path} already holds a run; use `pftray run --resume {run.path}` or a new --out")
+    run.create()
+    dump_config(cfg, run.path / "config.yaml")
+    run.write_meta({"created": datetime.now().isoformat(timespec="seconds"), "seed": cfg.experiment.seed,
+                    "status": "running", **environment_meta()})
+
+
+def resume_config(run: RunDir) -> Config:
+    if not (run.path / "config.yaml").exists():
+        raise FileNotFoundError(f"{run.path}: not a pftray run directory (no config.yaml)")
+    return load_config(run.path / "config.yaml")
+
+
+def _server(cfg: Config, run: RunDir, pool, progress=None):
+    from pftray.fed.host import ClientProvider
+    from pftray.fed.server import FederatedServer
+
+    n = ClientProvider(cfg).num_clients
+    server = FederatedServer(cfg, run, pool, initial_shared(cfg), num_registered=n, progress=progress)
+    server.restore()
+    return server
+
+
+def run_local(cfg: Config, run: RunDir, *, num_hosts: int = 1,
+              progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run in this process over ``num_hosts`` client hosts (no Ray)."""
+    from pftray.fed.host import ClientHost
+    from pftray.fed.pool import LocalPool
+
+    pool = LocalPool([ClientHost(cfg, str(run.path), worker=f"local-{i}") for i in range(num_hosts)])
+    return _server(cfg, run, pool, progress).run_rounds()
+
+
+def _driver_class():
+    import ray
+
+    @ray.remote(max_concurrency=2)
+    class Driver:
+        """The driver actor: owns the server loop and the worker actors; ``progress()`` answers while it runs."""
+
+        def __init__(self, cfg_dict: dict[str, Any], run_dir: str):
+            self.cfg = config_from_dict(cfg_dict)
+            self.run = RunDir(run_dir)
+            self.latest: dict[str, Any] = {}
+            self.lock = threading.Lock()
+
+        def _progress(self, row: dict[str, Any]) -> None:
+            with self.lock:
+                self.latest = dict(row)
+
+        def progress(self) -> dict[str, Any]:
+            with self.lock:
+                return dict(self.latest)
+
+        def run_rounds(self) -> dict[str, Any]:
+            from pftray.runtime.pool import RayPool
+
+            pool = RayPool(self.cfg, str(self.run.path))
+            try:
+                summary = _server(self.cfg, self.run, pool, self._progress).run_rounds()
+                summary["placement"] = pool.placement()
+                return summary
+            finally:
+                pool.shutdown()
+
+    return Driver
+
+
+def init_ray(cfg: Config) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    kw: dict[str, Any] = {"ignore_reinit_error": True, "include_dashboard": False, "log_to_driver": True}
+    if cfg.runtime.address:
+        ray.init(address=cfg.runtime.address, **kw)
+    else:
+        if cfg.runtime.num_cpus:
+            kw["num_cpus"] = cfg.runtime.num_cpus
+        if cfg.runtime.num_gpus >= 0:
+            kw["num_gpus"] = cfg.runtime.num_gpus
+        ray.init(**kw)
+
+
+def run_ray(cfg: Config, run: RunDir, *, progress: Callable[[dict[str, Any]], None] | None = None,
+            poll_s: float = 1.0) -> dict[str, Any]:
+    import ray
+
+    init_ray(cfg)
+    from pftray.runtime.pool import check_tiers
+
+    check_tiers(cfg.runtime.tiers)  # fail here, in the caller, rather than inside the driver actor
+    driver = _driver_class().options(num_cpus=0).remote(cfg.to_dict(), str(run.path))
+    ref = driver.run_rounds.remote()
+    last = None
+    while True:
+        ready, _ = ray.wait([ref], timeout=poll_s)
+        if progress is not None:
+            row = ray.get(driver.progress.remote())
+            if row and row.get("server_round") != last:
+                last = row.get("server_round")
+                progress(row)
+        if ready:
+            return ray.get(ref)
+
+
+def run_federated(cfg: Config | None = None, *, out: str | None = None, resume: str | None = None,
+                  use_ray: bool = True, progress=None) -> tuple[RunDir, dict[str, Any]]:
+    if resume:
+        run = RunDir(resume)
+        cfg = resume_config(run)
+        run.update_meta(status="running", resumed=datetime.now().isoformat(timespec="seconds"))
+    else:
+        assert cfg is not None
+        run = new_run_dir(cfg, out)
+        prepare_run(cfg, run)
+    t0 = time.perf_counter()
+    try:
+        summary = run_ray(cfg, run, progress=progress) if use_ray else run_local(cfg, run, progress=progress)
+    except BaseException as exc:
+        run.update_meta(status="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    summary["wall_s"] = time.perf_counter() - t0
+    run.update_meta(wall_s=summary["wall_s"])
+    return run, summary

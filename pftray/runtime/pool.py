@@ -1,0 +1,195 @@
+"""The Ray layer: client-worker actors on (fractional) GPUs of a heterogeneous cluster, and the pool the
+driver uses to reach them. Actors are thin shells around :class:`pftray.fed.host.ClientHost`.
+
+* Each tier of ``runtime.tiers`` becomes ``num_workers`` actors with that tier's ``num_cpus``, ``num_gpus`` and
+  custom ``resources``; a tier whose resources no node has is an error at start (not a hang).
+* Client ``k`` maps to a tier by the tiers' ``client_share`` (deterministic in ``k``) and to a worker of that
+  tier by ``k % num_workers``; the mapping never changes during a run, so a client's private state stays with
+  the run directory its worker writes to.
+* The round's global weights are ``ray.put`` once and every worker receives the same object reference.
+* A worker that dies (killed process, OOM) makes its clients ``failed`` for that round; it is recreated before
+  the next call.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import ray
+
+from pftray.config import Config, TierConfig
+
+log = logging.getLogger(__name__)
+
+
+class TierError(RuntimeError):
+    """A tier asks for resources that no node of the cluster has."""
+
+
+@ray.remote
+class ClientWorker:
+    """A Ray actor hosting many clients on its share of a GPU (or on CPU)."""
+
+    def __init__(self, cfg_dict: dict[str, Any], run_dir: str, worker: str, overrides: dict[str, Any]):
+        import torch
+
+        from pftray.config import config_from_dict
+        from pftray.fed.host import ClientHost
+
+        cfg = config_from_dict(cfg_dict)
+        gpus = ray.get_gpu_ids()
+        device = "cuda" if gpus and torch.cuda.is_available() else "cpu"
+        if device == "cpu":
+            torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
+        self.host = ClientHost(cfg, run_dir, device=device, worker=worker, overrides=overrides)
+
+    def fit(self, *args, **kw):
+        return self.host.fit(*args, **kw)
+
+    def contribute(self, *args, **kw):
+        return self.host.contribute(*args, **kw)
+
+    def secagg_stage(self, *args, **kw):
+        return self.host.secagg_stage(*args, **kw)
+
+    def evaluate(self, *args, **kw):
+        return self.host.evaluate(*args, **kw)
+
+    def ping(self):
+        return self.host.ping()
+
+
+def tier_request(tier: TierConfig) -> dict[str, float]:
+    req = {"CPU": tier.num_cpus, "GPU": tier.num_gpus, **tier.resources}
+    return {k: float(v) for k, v in req.items() if v > 0}
+
+
+def check_tiers(tiers: tuple[TierConfig, ...], nodes: list[dict[str, Any]] | None = None) -> None:
+    """Fail fast when some tier's per-worker request fits no alive node (Ray would wait forever)."""
+    nodes = [n for n in (nodes if nodes is not None else ray.nodes()) if n.get("Alive", True)]
+    for tier in tiers:
+        req = tier_request(tier)
+        fits = [n for n in nodes if all(n.get("Resources", {}).get(k, 0.0) + 1e-9 >= v for k, v in req.items())]
+        if not fits:
+            have = [{k: v for k, v in n.get("Resources", {}).items() if not k.startswith("node:") and
+                     k not in ("memory", "object_store_memory")} for n in nodes]
+            raise TierError(f"runtime.tiers[{tier.name}]: no node has {req} for one worker; nodes offer {have}")
+
+
+def client_tier(client_id: int, tiers: tuple[TierConfig, ...]) -> int:
+    """Deterministic tier of a client from the tiers' ``client_share`` (a low-discrepancy split of ids)."""
+    shares = np.array([t.client_share for t in tiers], dtype=np.float64)
+    if shares.sum() <= 0:
+        raise ValueError("runtime.tiers: client_share must not all be 0")
+    cum = np.cumsum(shares / shares.sum())
+    u = (client_id * 0.6180339887498949) % 1.0  # golden-ratio sequence: shares hold on every prefix of ids
+    return int(np.searchsorted(cum, u, side="right").clip(0, len(tiers) - 1))
+
+
+class RayPool:
+    """The driver's view of the worker actors; same contract as :class:`pftray.fed.pool.LocalPool`."""
+
+    def __init__(self, cfg: Config, run_dir: str, *, timeout_s: float | None = None):
+        self.cfg, self.run_dir = cfg, run_dir
+        self.tiers = cfg.runtime.tiers
+        self.timeout = timeout_s or cfg.runtime.round_timeout_s
+        check_tiers(self.tiers)
+        self.cfg_dict = cfg.to_dict()
+        self.workers: dict[tuple[int, int], Any] = {}
+        for ti, tier in enumerate(self.tiers):
+            for wi in range(tier.num_workers):
+                self.workers[(ti, wi)] = self._spawn(ti, wi)
+        self._obj_ref = None
+
+    def _spawn(self, ti: int, wi: int):
+        tier = self.tiers[ti]
+        overrides = {}
+        if tier.batch_clips:
+            overrides["train.batch_clips"] = tier.batch_clips
+        if tier.precision:
+            overrides["train.precision"] = tier.precision
+        return ClientWorker.options(num_cpus=tier.num_cpus, num_gpus=tier.num_gpus, resources=dict(tier.resources),
+                                    max_restarts=0, name=None).remote(
+            self.cfg_dict, self.run_dir, f"{tier.name}-{wi}", overrides)
+
+    def worker_of(self, client_id: int) -> tuple[int, int]:
+        ti = client_tier(client_id, self.tiers)
+        return ti, client_id % self.tiers[ti].num_workers
+
+    def _groups(self, ids) -> dict[tuple[int, int], list[int]]:
+        groups: dict[tuple[int, int], list[int]] = {}
+        for cid in ids:
+            groups.setdefault(self.worker_of(int(cid)), []).append(int(cid))
+        return groups
+
+    def _gather(self, calls: dict[tuple[int, int], Any]) -> dict[tuple[int, int], Any]:
+        """Wait for all calls (up to the round timeout); a dead or late worker yields no result and is respawned."""
+        results, refs = {}, {ref: key for key, ref in calls.items()}
+        ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=self.timeout)
+        for ref in ready:
+            key = refs[ref]
+            try:
+                results[key] = ray.get(ref)
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorDiedError) as exc:
+                log.warning("worker %s died: %s; respawning", key, type(exc).__name__)
+                self.workers[key] = self._spawn(*key)
+        for ref in pending:
+            key = refs[ref]
+            log.warning("worker %s did not answer within %.0f s; replacing it", key, self.timeout)
+            ray.kill(self.workers[key])
+            self.workers[key] = self._spawn(*key)
+        return results
+
+    # ------------------------------------------------------------------------------------------ contract
+    def fit(self, ids, global_shared: np.ndarray, server_round: int, round_cfg: dict[str, Any]) -> list[dict]:
+        ref = ray.put(global_shared)  # once per round: every worker reads the same object
+        groups = self._groups(ids)
+        res = self._gather({k: self.workers[k].fit.remote(g, ref, server_round, round_cfg) for k, g in groups.items()})
+        return [rep for reps in res.values() for rep in reps]
+
+    def contribute(self, scales: dict[int, float], *, clipping_norm: float, noise_std: float,
+                   seed: int) -> tuple[np.ndarray, dict[int, dict[str, Any]]]:
+        groups = self._groups(scales)
+        calls = {k: self.workers[k].contribute.remote({c: scales[c] for c in g}, clipping_norm=clipping_norm,
+                                                      noise_std=noise_std, seed=seed) for k, g in groups.items()}
+        res = self._gather(calls)
+        missing = [c for k, g in groups.items() if k not in res for c in g]
+        if missing:
+            raise RuntimeError(f"clients {missing[:5]} were lost between training and aggregation")
+        total, info = None, {}
+        for part, inf in res.values():
+            total = part if total is None else total + part
+            info.update(inf)
+        return total, info
+
+    def secagg_stage(self, stage: str, messages: dict[int, Any], **kw: Any) -> dict[int, Any]:
+        groups = self._groups(messages)
+        calls = {k: self.workers[k].secagg_stage.remote(stage, {c: messages[c] for c in g}, **kw)
+                 for k, g in groups.items()}
+        replies: dict[int, Any] = {}
+        for part in self._gather(calls).values():  # a lost worker = its clients dropped out of this stage
+            replies.update(part)
+        return replies
+
+    def evaluate(self, ids, global_shared: np.ndarray, server_round: int, **kw: Any) -> list[dict]:
+        ref = ray.put(global_shared)
+        res = self._gather({k: self.workers[k].evaluate.remote(g, ref, server_round, **kw)
+                            for k, g in self._groups(ids).items()})
+        return [row for rows in res.values() for row in rows]
+
+    def placement(self) -> list[dict[str, Any]]:
+        """Where each worker runs: ``[{tier, worker, node_id, gpu_ids, pid}]``."""
+        keys = list(self.workers)
+        infos = ray.get([self.workers[k].ping.remote() for k in keys])
+        return [{"tier": self.tiers[k[0]].name, **info} for k, info in zip(keys, infos)]
+
+    def kill_worker(self, key: tuple[int, int]) -> None:
+        """Fault injection for tests: kill one worker process (it is respawned on the next call)."""
+        ray.kill(self.workers[key], no_restart=True)
+
+    def shutdown(self) -> None:
+        for w in self.workers.values():
+            ray.kill(w)
+        self.workers.clear()

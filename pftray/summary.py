@@ -1,0 +1,48 @@
+"""The end-of-run summary printed by ``pftray run``."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pftray.results import load_run
+
+SUMMARY_METRICS = ("psnr", "ssim", "mouth_psnr", "lip_sync", "jitter")
+
+
+def eval_table(ev: pd.DataFrame, server_round: int | None = None) -> pd.DataFrame:
+    """Mean of each metric per model (copy / backbone / personalised) at one evaluation round (the last)."""
+    if ev.empty:
+        return pd.DataFrame()
+    r = ev["server_round"].max() if server_round is None else server_round
+    cols = [c for c in SUMMARY_METRICS if c in ev]
+    return ev[ev["server_round"] == r].groupby("model")[cols].mean()
+
+
+def print_run_summary(path: str | Path, summary: dict[str, Any]) -> None:
+    run = load_run(path)
+    rounds = run["rounds"]
+    print()
+    print(f"run directory : {path}")
+    print(f"status        : {summary.get('status')}  rounds {summary.get('rounds')}  "
+          f"wall {summary.get('wall_s', math.nan):.0f}s")
+    if len(rounds):
+        first, last = rounds.iloc[0], rounds.iloc[-1]
+        print(f"train loss    : {first['train_loss']:.4f} (round 1) -> {last['train_loss']:.4f} "
+              f"(round {int(last['server_round'])});  val loss {first['val_loss']:.4f} -> {last['val_loss']:.4f}")
+        print(f"clients       : {int(rounds['n_ok'].sum())} ok / {int(rounds['n_failed'].sum())} failed updates")
+        if "epsilon" in rounds and rounds["epsilon"].notna().any():
+            print(f"privacy       : epsilon {rounds['epsilon'].iloc[-1]:.3f} "
+                  f"(delta {run['config']['privacy']['target_delta']}, client-level)")
+    table = eval_table(run["eval"])
+    if not table.empty:
+        print("held-out clips (mean over evaluated clients): copy = reference frame unchanged, "
+              "backbone = before personalisation, personalised = after federation")
+        with pd.option_context("display.float_format", "{:.3f}".format):
+            print(table.to_string())
+    print(f"tables        : {Path(path) / 'rounds.parquet'}, clients.parquet, eval.parquet "
+          f"(pftray.results.load_run)")
+    print(f"samples       : {Path(path) / 'samples'}")
