@@ -10,6 +10,7 @@ Each field's default carries a one-line reason in its ``help`` metadata (``pftra
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -361,20 +362,24 @@ def _parse_override(item: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def apply_overrides(cfg: Config, overrides: Mapping[str, Any] | list[str]) -> Config:
-    """Apply ``{"a.b": v}`` or ``["a.b=v", ...]`` overrides to a config and re-validate the whole tree."""
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{key}: {part!r} is a value, not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def apply_overrides(cfg: Config | Mapping[str, Any], overrides: Mapping[str, Any] | list[str]) -> Config:
+    """Apply ``{"a.b": v}`` or ``["a.b=v", ...]`` overrides to a config (or a raw mapping) and validate the
+    whole tree; unknown keys are rejected by the validation, naming the dotted path."""
     items = [_parse_override(s) for s in overrides] if isinstance(overrides, list) else list(overrides.items())
-    data = cfg.to_dict()
+    data = cfg.to_dict() if isinstance(cfg, Config) else copy.deepcopy(dict(cfg))
     for key, value in items:
-        parts = key.split(".")
-        node = data
-        for i, part in enumerate(parts[:-1]):
-            if not isinstance(node, dict) or part not in node:
-                raise ConfigError(f"{'.'.join(parts[: i + 1])}: unknown key in override {key!r}")
-            node = node[part]
-        if not isinstance(node, dict) or parts[-1] not in node:
-            raise ConfigError(f"{key}: unknown key in override")
-        node[parts[-1]] = value
+        _set_dotted(data, key, value)
     return config_from_dict(data)
 
 
@@ -389,9 +394,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is not None and not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
     try:
-        cfg = config_from_dict(data or {})
-        return apply_overrides(cfg, overrides or [])
+        return apply_overrides(data or {}, overrides or [])
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 

@@ -17,8 +17,9 @@ a syllable-rate envelope with pauses, plus a little aspiration and background no
 
 Rendering is vectorised numpy over ``[T, H, W]`` with anti-aliased soft edges: every shape is an ellipse (or a
 half-plane) whose coverage is ``clip(1/2 - d / pixel, 0, 1)`` with ``d`` the first-order signed distance
-``(r - 1) / |grad r|``; ``supersample > 1`` additionally renders at a multiple of the resolution and box-filters
-down.
+``(r - 1) / |grad r|`` (bounded below by the distance to the bounding box); head and facial features are
+drawn only inside pixel windows that contain them in every frame. ``supersample > 1`` additionally renders at
+a multiple of the resolution and box-filters down.
 """
 
 from __future__ import annotations

@@ -82,6 +82,10 @@ class FederatedServer:
             from pftray.privacy.dp import AdaptiveClipping
 
             sb = p.clipped_count_stddev or self.expected / 20
+            if p.noise_multiplier > 0 and 2 * sb <= p.noise_multiplier:
+                raise RunError(f"privacy.clipped_count_stddev: {sb:g} (0 means m/20 with m = {self.expected:g} "
+                               f"clients per round) must exceed noise_multiplier / 2 = {p.noise_multiplier / 2:g} "
+                               "for the noise split of Andrew et al. 2021; set it explicitly")
             self.adaptive = AdaptiveClipping(p.clipping_norm, target_quantile=p.target_quantile, clip_lr=p.clip_lr,
                                              clipped_count_stddev=sb if p.noise_multiplier > 0 else 0.0,
                                              rng=np.random.default_rng((cfg.experiment.seed, 17)))

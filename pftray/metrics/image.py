@@ -37,8 +37,8 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, *, data_range: float = 1.0) -
     """Peak signal-to-noise ratio in dB, the **mean over frames of per-frame PSNR**.
 
     PSNR_i = 10 log10(R^2 / MSE_i), R = ``data_range`` (1.0 for [0, 1] images). Averaging per-frame dB
-    values is the convention of talking-head papers (e.g. Wav2Lip, SadTalker evaluations); it differs from
-    the PSNR of the pooled MSE when frames differ in quality. Identical inputs give ``inf``.
+    values weights every frame equally; it differs from the PSNR of the pooled MSE when frames differ in
+    quality (the pooled value is dominated by the worst frames). Identical inputs give ``inf``.
     """
     return float(psnr_per_frame(pred, target, data_range=data_range).mean())
 

@@ -22,6 +22,8 @@ from pftray.metrics.base import Missing, check_pair, resolve_weights
 ALEXNET_WEIGHTS_NAME = "alexnet-owt-7be5be79.pth"
 # lpips' AlexNet trunk keeps torchvision's ``features`` indices inside five slices (lpips/pretrained_networks.py)
 _ALEXNET_CONV_SLICES = {0: 1, 3: 2, 6: 3, 8: 4, 10: 5}
+LPIPS_MIN_SIZE = 31
+"""Smallest frame side AlexNet's conv/pool stack (stride 4, two 3x3/2 pools) leaves at least one pixel for."""
 
 
 def _build_lpips(alexnet_path: Path) -> torch.nn.Module:
@@ -82,7 +84,7 @@ class LPIPSMetric:
         """LPIPS of each frame pair, shape ``[N]``; inputs in [0, 1] are mapped to [-1, 1] internally."""
         if self.missing is not None:
             return self.missing
-        pred, target = check_pair(pred, target)
+        pred, target = check_pair(pred, target, min_size=LPIPS_MIN_SIZE)
         model = self._get_model()
         out = model(pred.to(self.device), target.to(self.device), normalize=True)
         return out.flatten().cpu()

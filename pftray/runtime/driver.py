@@ -56,7 +56,7 @@ def resume_config(run: RunDir) -> Config:
     return load_config(run.path / "config.yaml")
 
 
-def _server(cfg: Config, run: RunDir, pool, progress=None):
+def make_server(cfg: Config, run: RunDir, pool, progress=None):
     from pftray.fed.host import ClientProvider
     from pftray.fed.server import FederatedServer
 
@@ -73,7 +73,7 @@ def run_local(cfg: Config, run: RunDir, *, num_hosts: int = 1,
     from pftray.fed.pool import LocalPool
 
     pool = LocalPool([ClientHost(cfg, str(run.path), worker=f"local-{i}") for i in range(num_hosts)])
-    return _server(cfg, run, pool, progress).run_rounds()
+    return make_server(cfg, run, pool, progress).run_rounds()
 
 
 def _driver_class():
@@ -102,7 +102,7 @@ def _driver_class():
 
             pool = RayPool(self.cfg, str(self.run.path))
             try:
-                summary = _server(self.cfg, self.run, pool, self._progress).run_rounds()
+                summary = make_server(self.cfg, self.run, pool, self._progress).run_rounds()
                 summary["placement"] = pool.placement()
                 return summary
             finally:
@@ -169,3 +169,33 @@ def run_federated(cfg: Config | None = None, *, out: str | None = None, resume: 
     summary["wall_s"] = time.perf_counter() - t0
     run.update_meta(wall_s=summary["wall_s"])
     return run, summary
+
+
+def load_run_model(run_dir: str | Path, *, server_round: int | None = None):
+    """Rebuild a run's model for analysis: ``(cfg, trainer, global_shared, states)``.
+
+    ``global_shared`` comes from the checkpoint of ``server_round`` (default: the latest); ``states(client_id)``
+    returns that client's private state as of that round (None if it never trained). Load a client with
+    ``trainer.load(global_shared, states(cid) or fresh)``.
+    """
+    import torch
+
+    from pftray.fed.client import ClientTrainer
+    from pftray.fed.host import ClientStateStore
+
+    run = RunDir(run_dir)
+    cfg = resume_config(run)
+    if server_round is None:
+        latest = run.checkpoints / "LATEST"
+        if not latest.exists():
+            raise FileNotFoundError(f"{run.path}: no checkpoint yet (checkpoints/LATEST missing)")
+        ckpt = run.checkpoints / latest.read_text().strip()
+    else:
+        ckpt = run.checkpoints / f"round-{server_round:05d}.pt"
+        if not ckpt.exists():
+            raise FileNotFoundError(f"{ckpt}: no checkpoint for round {server_round} (only the last two are kept)")
+    blob = torch.load(ckpt, map_location="cpu", weights_only=False)
+    store = ClientStateStore(run.clients, resident=0)
+    r = int(blob["server_round"])
+    trainer = ClientTrainer(cfg)
+    return cfg, trainer, blob["global_shared"], (lambda cid: store.load(cid, before_round=r + 1))

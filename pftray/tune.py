@@ -1,0 +1,700 @@
+"""Hyper-parameter sweeps with Ray Tune + Optuna (TPE), single- or multi-objective.
+
+A **sweep file** (YAML) names a base config and a search space over any dotted config key::
+
+    name: dp-lora-tdc
+    base: configs/privfedtalk.yaml        # a preset path (relative to the cwd or the sweep file) or a mapping
+    overrides: {fed.rounds: 20}           # dotted keys applied to the base before sampling
+    space:
+      privacy.noise_multiplier: {type: loguniform, low: 0.3, high: 3}
+      lora.shared_rank: {type: choice, values: [2, 4, 8]}
+      train.lambda_tdc: {type: uniform, low: 0.0, high: 0.5}
+      fed.strategy: {type: choice, values: [fedavg, fedprox, isfa]}
+    objectives:                           # one (single-objective) or two (Pareto front)
+      - {metric: psnr, mode: max}
+      - {metric: epsilon, mode: min}
+    search: {num_samples: 32, max_concurrent: 4, seed: 0}
+    scheduler: {type: asha, metric: val_loss, mode: min, grace_period: 2, reduction_factor: 2}
+    trial: {pool: ray, driver_cpus: 1}    # pool: ray (worker actors from runtime.tiers) | local (in-process)
+    max_failures: 0                       # retries of a failing trial; a trial that still fails is recorded
+    smoke_test: {num_samples: 2, max_concurrent: 2, overrides: {fed.rounds: 1}}
+
+Every trial is a plain function of its sampled config (:func:`sweep_trainable`): it builds the
+:class:`~pftray.config.Config`, prepares a run directory ``<trial dir>/run`` (the same run-directory contract as
+``pftray run``), runs the rounds over a :class:`~pftray.runtime.pool.RayPool` (``trial.pool: ray``) or an
+in-process :class:`~pftray.fed.pool.LocalPool` (``trial.pool: local``) and reports every round to Tune.
+
+Resources: a trial reserves its driver *and* its workers together, ``PlacementGroupFactory([{CPU: driver},
+*one bundle per worker of runtime.tiers])``. Ray Tune schedules the trainable with
+``placement_group_capture_child_tasks=True`` (``ray/air/execution/resources/placement_group.py``), so the
+``ClientWorker`` actors the trial creates land in the trial's own placement group without any extra
+scheduling strategy; trials never starve each other of GPUs half-way through a round.
+
+Privacy as an objective: ``epsilon`` is the accountant's epsilon at ``privacy.target_delta``; a trial without DP
+(``privacy.noise_multiplier = 0``) has no finite guarantee and reports ``epsilon = inf`` (never NaN or 0), so it
+is dominated on the privacy axis by every DP trial.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pftray.config import Config, ConfigError, TierConfig, apply_overrides, config_from_dict, load_config
+
+#: Metrics a sweep can optimise, with the direction that is better ("best/<metric>" in :mod:`pftray.analysis`).
+METRIC_MODES: dict[str, str] = {
+    "val_loss": "min", "train_loss": "min", "epsilon": "min", "psnr": "max", "ssim": "max",
+    "mouth_psnr": "max", "mouth_ssim": "max", "lip_sync": "max", "jitter": "min", "temp_stab_eval": "max",
+}
+PARAM_TYPES = ("uniform", "loguniform", "int", "logint", "choice")
+SWEEP_KEYS = ("name", "base", "overrides", "space", "objectives", "search", "scheduler", "trial", "max_failures",
+              "smoke_test", "out")
+#: config keys holding paths: made absolute at launch, because Tune runs trials in another working directory
+PATH_KEYS = ("data.source", "data.cache_dir", "model.pretrained", "model.backbone")
+RUN_SUBDIR = "run"
+DONE_MARKER = "sweep_done.json"
+
+
+# ------------------------------------------------------------------------------------------ the sweep file
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One search dimension over a dotted config key (``values`` for ``choice``; ``low``/``high`` otherwise)."""
+
+    key: str
+    type: str
+    low: float | None = None
+    high: float | None = None
+    values: tuple[Any, ...] = ()
+
+    def domain(self) -> Any:
+        """The Ray Tune search domain (int ranges are inclusive of ``high``)."""
+        from ray import tune
+
+        if self.type == "uniform":
+            return tune.uniform(self.low, self.high)
+        if self.type == "loguniform":
+            return tune.loguniform(self.low, self.high)
+        if self.type == "int":
+            return tune.randint(int(self.low), int(self.high) + 1)
+        if self.type == "logint":
+            return tune.lograndint(int(self.low), int(self.high) + 1)
+        return tune.choice(list(self.values))
+
+    def probes(self) -> list[Any]:
+        """Values that validation applies to the base config: both bounds, or every choice."""
+        if self.type == "choice":
+            return list(self.values)
+        if self.type in ("int", "logint"):
+            return [int(self.low), int(self.high)]
+        return [float(self.low), float(self.high)]
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str
+    mode: str
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    """ASHA on rounds (``time_attr = server_round``, which equals Tune's ``training_iteration`` in a fresh trial
+    and stays right in a trial resumed from its run directory)."""
+
+    type: str = "none"
+    metric: str = "val_loss"
+    mode: str = "min"
+    grace_period: int = 1
+    reduction_factor: float = 2.0
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    pool: str = "ray"
+    driver_cpus: float = 1.0
+    local_hosts: int = 1
+    local_cpus: float = 1.0
+    local_gpus: float = 0.0
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A validated sweep file. ``base`` is the fully resolved base config (overrides applied) as a plain dict."""
+
+    name: str
+    base: dict[str, Any]
+    space: tuple[ParamSpec, ...]
+    objectives: tuple[Objective, ...]
+    num_samples: int = 8
+    max_concurrent: int = 2
+    seed: int = 0
+    points_to_evaluate: tuple[dict[str, Any], ...] = ()
+    scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
+    trial: TrialSpec = field(default_factory=TrialSpec)
+    max_failures: int = 0
+    out: str = "runs/sweeps"
+    smoke: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def base_config(self) -> Config:
+        return config_from_dict(self.base)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain mapping that :func:`sweep_from_dict` reads back to an equal spec (saved as ``sweep.yaml``)."""
+        space = {}
+        for p in self.space:
+            space[p.key] = ({"type": "choice", "values": list(p.values)} if p.type == "choice"
+                            else {"type": p.type, "low": p.low, "high": p.high})
+        s = self.scheduler
+        return {
+            "name": self.name, "base": copy.deepcopy(self.base), "space": space,
+            "objectives": [{"metric": o.metric, "mode": o.mode} for o in self.objectives],
+            "search": {"num_samples": self.num_samples, "max_concurrent": self.max_concurrent, "seed": self.seed,
+                       "points_to_evaluate": [dict(p) for p in self.points_to_evaluate]},
+            "scheduler": {"type": s.type, "metric": s.metric, "mode": s.mode, "grace_period": s.grace_period,
+                          "reduction_factor": s.reduction_factor},
+            "trial": {"pool": self.trial.pool, "driver_cpus": self.trial.driver_cpus,
+                      "local_hosts": self.trial.local_hosts, "local_cpus": self.trial.local_cpus,
+                      "local_gpus": self.trial.local_gpus},
+            "max_failures": self.max_failures, "out": self.out, "smoke_test": copy.deepcopy(self.smoke),
+        }
+
+    def smoke_test(self) -> SweepSpec:
+        """The ``--smoke-test`` variant: ``smoke_test`` overrides on the base, fewer samples, ``<name>-smoke``."""
+        sm = self.smoke
+        base = self.base
+        if sm.get("overrides"):
+            base = _apply(config_from_dict(base), sm["overrides"], "smoke_test.overrides").to_dict()
+        d = self.to_dict()
+        d.update(name=f"{self.name}-smoke", base=base, smoke_test={})
+        d["search"].update(num_samples=int(sm.get("num_samples", min(2, self.num_samples))),
+                           max_concurrent=int(sm.get("max_concurrent", min(2, self.max_concurrent))))
+        return sweep_from_dict(d)
+
+
+def _apply(cfg: Config, overrides: Mapping[str, Any], where: str) -> Config:
+    if not isinstance(overrides, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of dotted keys to values, got {overrides!r}")
+    try:
+        return apply_overrides(cfg, dict(overrides))
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _mapping(d: Any, where: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+    if d is None:
+        return {}
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {d!r}")
+    unknown = sorted(set(d) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: unknown key; allowed keys here: {sorted(allowed)}")
+    return dict(d)
+
+
+def _number(v: Any, where: str, *, positive: bool = False, integer: bool = False) -> float:
+    ok = isinstance(v, int) if integer else isinstance(v, (int, float))
+    if isinstance(v, bool) or not ok or not math.isfinite(v):
+        raise ConfigError(f"{where}: expected {'an integer' if integer else 'a finite number'}, got {v!r}")
+    if positive and v <= 0:
+        raise ConfigError(f"{where}: {v!r} must be > 0")
+    return v
+
+
+def _param(key: str, raw: Any, base: Config) -> ParamSpec:
+    where = f"space.{key}"
+    d = _mapping(raw, where, ("type", "low", "high", "values"))
+    kind = d.get("type")
+    if kind not in PARAM_TYPES:
+        raise ConfigError(f"{where}.type: {kind!r} is not allowed; choose one of {list(PARAM_TYPES)}")
+    if kind == "choice":
+        values = d.get("values")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{where}.values: expected a non-empty list, got {values!r}")
+        if set(d) - {"type", "values"}:
+            raise ConfigError(f"{where}: type 'choice' takes only 'values', got {sorted(d)}")
+        spec = ParamSpec(key, kind, values=tuple(values))
+    else:
+        if "values" in d:
+            raise ConfigError(f"{where}.values: only type 'choice' takes values; type {kind!r} takes low/high")
+        for b in ("low", "high"):
+            if b not in d:
+                raise ConfigError(f"{where}.{b}: missing; type {kind!r} needs low and high")
+        integer = kind in ("int", "logint")
+        low = _number(d["low"], f"{where}.low", integer=integer, positive=kind in ("loguniform", "logint"))
+        high = _number(d["high"], f"{where}.high", integer=integer)
+        if not high > low:
+            raise ConfigError(f"{where}: high {high!r} must be greater than low {low!r}")
+        spec = ParamSpec(key, kind, low=low, high=high)
+    for v in spec.probes():  # every bound / choice must make a valid config on its own
+        try:
+            apply_overrides(base, {key: v})
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: value {v!r} is not valid for the base config: {exc}") from None
+    return spec
+
+
+def _resolve_base(raw: Any, source: Path | None) -> Config:
+    if isinstance(raw, Mapping):
+        try:
+            return config_from_dict(raw)
+        except ConfigError as exc:
+            raise ConfigError(f"base: {exc}") from None
+    if not isinstance(raw, str) or not raw:
+        raise ConfigError(f"base: expected a preset path (e.g. configs/quickstart.yaml) or a mapping, got {raw!r}")
+    tried = [Path(raw)]
+    if source is not None and not Path(raw).is_absolute():
+        tried += [source.parent / raw, source.parent.parent / raw]
+    for p in tried:
+        if p.is_file():
+            return load_config(p.resolve())
+    raise ConfigError(f"base: preset {raw!r} not found (tried {[str(p) for p in tried]})")
+
+
+def _absolute_paths(cfg: Config, cwd: Path) -> Config:
+    fixes = {}
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value and not (key == "data.source" and value == "synthetic") and not Path(value).is_absolute():
+            fixes[key] = str((cwd / value).resolve())
+    return cfg.replace(**fixes) if fixes else cfg
+
+
+def sweep_from_dict(data: Any, *, source: Path | None = None, cwd: Path | None = None) -> SweepSpec:
+    """Validate a parsed sweep file. Errors are :class:`ConfigError` naming the sweep key (and the config key)."""
+    d = _mapping(data, "<sweep>", SWEEP_KEYS)
+    name = d.get("name")
+    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"name: expected a non-empty directory name, got {name!r}")
+    if "base" not in d:
+        raise ConfigError("base: missing; name a preset (configs/*.yaml) or give the config inline")
+    base = _resolve_base(d["base"], source)
+    overrides = d.get("overrides") or {}
+    base = _apply(base, overrides, "overrides")
+    base = _absolute_paths(base, cwd or Path.cwd())
+    space_raw = d.get("space")
+    if not isinstance(space_raw, Mapping) or not space_raw:
+        raise ConfigError(f"space: expected a non-empty mapping of dotted config keys, got {space_raw!r}")
+    for key in space_raw:
+        if key in overrides:
+            raise ConfigError(f"space.{key}: also set in overrides; a key is either fixed or searched")
+    space = tuple(_param(str(k), v, base) for k, v in space_raw.items())
+    objs_raw = d.get("objectives")
+    if not isinstance(objs_raw, list) or not 1 <= len(objs_raw) <= 2:
+        raise ConfigError(f"objectives: expected a list of one or two {{metric, mode}}, got {objs_raw!r}")
+    objectives = []
+    for i, o in enumerate(objs_raw):
+        o = _mapping(o, f"objectives[{i}]", ("metric", "mode"))
+        if o.get("metric") not in METRIC_MODES:
+            raise ConfigError(f"objectives[{i}].metric: {o.get('metric')!r} is not allowed; choose one of "
+                              f"{sorted(METRIC_MODES)}")
+        if o.get("mode") not in ("min", "max"):
+            raise ConfigError(f"objectives[{i}].mode: {o.get('mode')!r} is not allowed; choose 'min' or 'max'")
+        objectives.append(Objective(o["metric"], o["mode"]))
+    if len({o.metric for o in objectives}) != len(objectives):
+        raise ConfigError(f"objectives: the same metric twice {[o.metric for o in objectives]}")
+    search = _mapping(d.get("search"), "search", ("num_samples", "max_concurrent", "seed", "points_to_evaluate"))
+    num_samples = int(_number(search.get("num_samples", 8), "search.num_samples", integer=True, positive=True))
+    max_conc = int(_number(search.get("max_concurrent", 2), "search.max_concurrent", integer=True, positive=True))
+    seed = int(_number(search.get("seed", 0), "search.seed", integer=True))
+    points = search.get("points_to_evaluate") or []
+    if not isinstance(points, list):
+        raise ConfigError(f"search.points_to_evaluate: expected a list of mappings, got {points!r}")
+    for i, pt in enumerate(points):
+        pt = _mapping(pt, f"search.points_to_evaluate[{i}]", tuple(p.key for p in space))
+        missing = [p.key for p in space if p.key not in pt]
+        if missing:
+            raise ConfigError(f"search.points_to_evaluate[{i}].{missing[0]}: missing; a point gives a value for "
+                              f"every searched key {[p.key for p in space]}")
+        try:
+            apply_overrides(base, pt)
+        except ConfigError as exc:
+            raise ConfigError(f"search.points_to_evaluate[{i}]: {exc}") from None
+    sch = _mapping(d.get("scheduler"), "scheduler", ("type", "metric", "mode", "grace_period", "reduction_factor"))
+    scheduler = SchedulerSpec(**sch)
+    if scheduler.type not in ("none", "asha"):
+        raise ConfigError(f"scheduler.type: {scheduler.type!r} is not allowed; choose 'none' or 'asha'")
+    if scheduler.metric not in METRIC_MODES or scheduler.mode not in ("min", "max"):
+        raise ConfigError(f"scheduler.metric/mode: {scheduler.metric!r}/{scheduler.mode!r}; metric one of "
+                          f"{sorted(METRIC_MODES)}, mode 'min' or 'max'")
+    _number(scheduler.grace_period, "scheduler.grace_period", integer=True, positive=True)
+    if _number(scheduler.reduction_factor, "scheduler.reduction_factor") <= 1:
+        raise ConfigError(f"scheduler.reduction_factor: {scheduler.reduction_factor!r} must be > 1")
+    tr = _mapping(d.get("trial"), "trial", ("pool", "driver_cpus", "local_hosts", "local_cpus", "local_gpus"))
+    trial = TrialSpec(**tr)
+    if trial.pool not in ("ray", "local"):
+        raise ConfigError(f"trial.pool: {trial.pool!r} is not allowed; choose 'ray' (worker actors from "
+                          "runtime.tiers) or 'local' (clients in the trial's own process)")
+    _number(trial.driver_cpus, "trial.driver_cpus", positive=True)
+    _number(trial.local_cpus, "trial.local_cpus", positive=True)
+    _number(trial.local_hosts, "trial.local_hosts", integer=True, positive=True)
+    if _number(trial.local_gpus, "trial.local_gpus") < 0:
+        raise ConfigError(f"trial.local_gpus: {trial.local_gpus!r} must be >= 0")
+    max_failures = int(_number(d.get("max_failures", 0), "max_failures", integer=True))
+    if max_failures < -1:
+        raise ConfigError(f"max_failures: {max_failures} must be >= -1 (-1 = retry forever)")
+    smoke = _mapping(d.get("smoke_test"), "smoke_test", ("num_samples", "max_concurrent", "overrides"))
+    if smoke.get("overrides"):
+        _apply(base, smoke["overrides"], "smoke_test.overrides")
+    out = d.get("out", "runs/sweeps")
+    if not isinstance(out, str) or not out:
+        raise ConfigError(f"out: expected a directory path, got {out!r}")
+    return SweepSpec(name=name, base=base.to_dict(), space=space, objectives=tuple(objectives),
+                     num_samples=num_samples, max_concurrent=max_conc, seed=seed,
+                     points_to_evaluate=tuple(dict(p) for p in points), scheduler=scheduler, trial=trial,
+                     max_failures=max_failures, out=out, smoke=smoke)
+
+
+def load_sweep_file(path: str | Path) -> SweepSpec:
+    """Read and validate a sweep YAML; every error names the file and the key."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read sweep file ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    try:
+        return sweep_from_dict(data, source=path.resolve())
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+# ------------------------------------------------------------------------------------------ the trainable
+
+
+def trial_config(spec: SweepSpec, params: Mapping[str, Any], *, trial_id: str = "") -> Config:
+    """The trial's config: base + sampled values (+ a trial-specific experiment name)."""
+    cfg = apply_overrides(spec.base_config, dict(params))
+    if trial_id:
+        cfg = cfg.replace(**{"experiment.name": f"{spec.name}-{trial_id}"})
+    return cfg
+
+
+def worker_bundles(tiers: tuple[TierConfig, ...]) -> list[dict[str, float]]:
+    """One placement-group bundle per worker actor of every tier (what ``RayPool`` will ask for)."""
+    from pftray.runtime.pool import tier_request
+
+    bundles = []
+    for tier in tiers:
+        req = tier_request(tier)
+        if req:  # a worker that asks for nothing needs no reservation
+            bundles += [dict(req) for _ in range(tier.num_workers)]
+    return bundles
+
+
+def trial_bundles(spec: SweepSpec) -> list[dict[str, float]]:
+    """``[{CPU: driver}, *worker bundles]`` (ray pool) or ``[{CPU: local_cpus, GPU: local_gpus}]`` (local).
+
+    With a swept key under ``runtime.tiers`` the bundles follow the base config's tiers (tiers are not searched).
+    """
+    if spec.trial.pool == "local":
+        b = {"CPU": float(spec.trial.local_cpus)}
+        if spec.trial.local_gpus:
+            b["GPU"] = float(spec.trial.local_gpus)
+        return [b]
+    return [{"CPU": float(spec.trial.driver_cpus)}, *worker_bundles(spec.base_config.runtime.tiers)]
+
+
+class RoundReporter:
+    """The server's progress callback: turns each round row into one ``tune.report``.
+
+    Every report carries every objective metric (Tune and Optuna need them on each result): evaluation metrics
+    that appear only on evaluation rounds are carried forward from the last evaluation (NaN before the first).
+    """
+
+    def __init__(self, cfg: Config, run_dir: str, report: Callable[[dict[str, Any]], None]):
+        self.dp = cfg.privacy.noise_multiplier > 0
+        self.run_dir = run_dir
+        self.report = report
+        self.last_eval: dict[str, float] = {k: math.nan for k in METRIC_MODES if k not in
+                                            ("val_loss", "train_loss", "epsilon")}
+
+    def metrics(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        for k in self.last_eval:
+            v = row.get(k)
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                self.last_eval[k] = float(v)
+        eps = row.get("epsilon", math.nan)
+        eps = float(eps) if self.dp and isinstance(eps, (int, float)) and math.isfinite(eps) else math.inf
+        out = {"server_round": int(row["server_round"]), "train_loss": float(row.get("train_loss", math.nan)),
+               "val_loss": float(row.get("val_loss", math.nan)), "epsilon": eps, **self.last_eval,
+               "n_ok": int(row.get("n_ok", 0)), "n_failed": int(row.get("n_failed", 0)),
+               "round_status": str(row.get("status", "")), "round_wall_s": float(row.get("wall_s", math.nan)),
+               "run_dir": self.run_dir}
+        if "eval_error" in row:
+            out["eval_error"] = str(row["eval_error"])
+        return out
+
+    def __call__(self, row: Mapping[str, Any]) -> None:
+        self.report(self.metrics(row))
+
+
+def _trial_device(gpus: float) -> str:
+    import ray
+    import torch
+
+    return "cuda" if gpus > 0 and ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+
+
+def run_trial(spec: SweepSpec, params: Mapping[str, Any], run_path: Path, *, trial_id: str,
+              report: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Run (or resume) one trial's federated run in ``run_path``; ``report`` receives one dict per round.
+
+    A trial restarted by Tune (crash, ``Tuner.restore``) finds its run directory and resumes from the latest
+    federated checkpoint; a run that had already finished re-reports its last round instead of training again.
+    """
+    from pftray.results import RunDir
+    from pftray.runtime.driver import make_server, prepare_run, resume_config
+
+    cfg = trial_config(spec, params, trial_id=trial_id)
+    run = RunDir(run_path)
+    if (run.path / "config.yaml").exists():
+        if resume_config(run) != cfg:
+            raise ConfigError(f"{run.path}: holds a run with another config; refusing to resume it as {trial_id}")
+        run.update_meta(status="running", resumed=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    else:
+        prepare_run(cfg, run)
+    run.update_meta(trial_id=trial_id, sweep=spec.name, params=dict(params))
+    reporter = RoundReporter(cfg, str(run.path), report)
+    t0 = time.perf_counter()
+    if spec.trial.pool == "ray":
+        from pftray.runtime.pool import RayPool
+
+        pool = RayPool(cfg, str(run.path))
+    else:
+        import torch
+
+        from pftray.fed.host import ClientHost
+        from pftray.fed.pool import LocalPool
+
+        torch.set_num_threads(max(1, int(spec.trial.local_cpus)))
+        device = _trial_device(spec.trial.local_gpus)
+        pool = LocalPool([ClientHost(cfg, str(run.path), device=device, worker=f"{trial_id}-local-{i}")
+                          for i in range(spec.trial.local_hosts)])
+    try:
+        server = make_server(cfg, run, pool, reporter)
+        if server.state.server_round >= cfg.fed.rounds:  # finished before the restart: report, do not retrain
+            rows = run.table("rounds").to_dict("records")
+            for row in rows[:-1]:
+                reporter.metrics(row)  # carries the evaluation metrics forward
+            reporter(rows[-1])
+            summary = {"status": run.read_meta().get("status", "done"), "rounds": server.state.server_round}
+        else:
+            summary = server.run_rounds()
+    except BaseException as exc:
+        run.update_meta(status="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        if hasattr(pool, "shutdown"):
+            pool.shutdown()
+    wall = time.perf_counter() - t0
+    run.update_meta(wall_s=wall)
+    return {**summary, "wall_s": wall}
+
+
+def sweep_trainable(config: dict[str, Any], spec: SweepSpec, exp_dir: str) -> None:
+    """The Tune trainable: a plain function of the sampled ``config`` (dotted keys -> values).
+
+    The run directory is ``<exp_dir>/<trial dir name>/run``, i.e. inside the trial's directory in the sweep's
+    storage, written in place. (``get_trial_dir()`` is Tune's *local staging* copy under the Ray session dir of
+    whichever node runs the trial, synced to storage only when the trial ends and never from worker nodes: a
+    run directory there would be lost or incomplete.) On a multi-node cluster ``exp_dir`` must therefore be on a
+    filesystem every node mounts, as the worker actors write client states into the same run directory.
+    """
+    from ray import tune
+
+    ctx = tune.get_context()
+    run_path = Path(exp_dir) / Path(ctx.get_trial_dir()).name / RUN_SUBDIR
+    run_trial(spec, config, run_path, trial_id=ctx.get_trial_id(), report=tune.report)
+
+
+# ------------------------------------------------------------------------------------------ the sweep
+
+
+def build_searcher(spec: SweepSpec):
+    """``ConcurrencyLimiter(OptunaSearch(TPE))``; two objectives make it a multi-objective (Pareto) search."""
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    metrics = [o.metric for o in spec.objectives]
+    modes = [o.mode for o in spec.objectives]
+    multi = len(metrics) > 1
+    sampler = optuna.samplers.TPESampler(seed=spec.seed, multivariate=True, warn_independent_sampling=False)
+    search = OptunaSearch(metric=metrics if multi else metrics[0], mode=modes if multi else modes[0],
+                          sampler=sampler, points_to_evaluate=[dict(p) for p in spec.points_to_evaluate] or None)
+    return ConcurrencyLimiter(search, max_concurrent=spec.max_concurrent)
+
+
+def build_scheduler(spec: SweepSpec):
+    if spec.scheduler.type != "asha":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    s = spec.scheduler
+    return ASHAScheduler(time_attr="server_round", metric=s.metric, mode=s.mode,
+                         max_t=spec.base_config.fed.rounds, grace_period=s.grace_period,
+                         reduction_factor=s.reduction_factor)
+
+
+def wrapped_trainable(spec: SweepSpec, exp_dir: str | Path):
+    """``with_resources(with_parameters(sweep_trainable, ...), PlacementGroupFactory(trial_bundles(spec)))``."""
+    from ray import tune
+    from ray.tune import PlacementGroupFactory
+
+    fn = tune.with_parameters(sweep_trainable, spec=spec, exp_dir=str(Path(exp_dir).resolve()))
+    return tune.with_resources(fn, PlacementGroupFactory(trial_bundles(spec), strategy="PACK"))
+
+
+def experiment_dir(spec: SweepSpec, out: str | Path | None = None) -> Path:
+    return Path(out or spec.out).resolve() / spec.name
+
+
+def run_sweep(spec: SweepSpec, *, out: str | Path | None = None, resume: bool = False,
+              verbose: int = 1) -> tuple[Path, Any]:
+    """Run (or resume) a sweep; returns ``(experiment dir, ResultGrid)``. Ray must be initialised.
+
+    Writes into the experiment dir: ``sweep.yaml`` (the resolved spec), Tune's trial dirs (each with ``run/``),
+    ``results.parquet`` (``ResultGrid.get_dataframe()``), ``trials.parquet`` (:func:`pftray.analysis.load_sweep`)
+    and ``sweep_done.json``.
+    """
+    import json
+
+    from ray import tune
+
+    from pftray.analysis import load_sweep
+    from pftray.results import atomic_write_text, write_parquet
+
+    exp = experiment_dir(spec, out)
+    saved = exp / "sweep.yaml"
+    trainable = wrapped_trainable(spec, exp)
+    if resume:
+        if not tune.Tuner.can_restore(str(exp)):
+            raise FileNotFoundError(f"{exp}: no sweep to resume (no Tune experiment state)")
+        saved_spec = sweep_from_dict(yaml.safe_load(saved.read_text())) if saved.exists() else spec
+        if saved_spec != spec:
+            raise ConfigError(f"{exp}: the sweep file changed since the sweep started; resume with the same file "
+                              f"or start a new sweep (another name or --out)")
+        tuner = tune.Tuner.restore(str(exp), trainable=trainable, resume_unfinished=True, resume_errored=False,
+                                   restart_errored=False)
+        (exp / DONE_MARKER).unlink(missing_ok=True)
+    else:
+        if saved.exists() or tune.Tuner.can_restore(str(exp)):
+            raise FileExistsError(f"{exp} already holds a sweep; use --resume, another --out or another name")
+        exp.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(saved, yaml.safe_dump(spec.to_dict(), sort_keys=False))
+        tuner = tune.Tuner(
+            trainable,
+            param_space={p.key: p.domain() for p in spec.space},
+            tune_config=tune.TuneConfig(search_alg=build_searcher(spec), scheduler=build_scheduler(spec),
+                                        num_samples=spec.num_samples, reuse_actors=True),
+            run_config=tune.RunConfig(name=spec.name, storage_path=str(exp.parent), verbose=verbose,
+                                      failure_config=tune.FailureConfig(max_failures=spec.max_failures)),
+        )
+    t0 = time.perf_counter()
+    grid = tuner.fit()
+    df = grid.get_dataframe()
+    write_parquet(_parquet_safe(df), exp / "results.parquet")
+    write_parquet(_parquet_safe(load_sweep(exp, finished=True)), exp / "trials.parquet")
+    atomic_write_text(exp / DONE_MARKER, json.dumps({"wall_s": time.perf_counter() - t0, "trials": len(grid),
+                                                     "errors": sum(r.error is not None for r in grid)}))
+    return exp, grid
+
+
+def _parquet_safe(df):
+    """Object columns with mixed types (e.g. a metric that is sometimes a string) are stored as strings."""
+    df = df.copy()
+    for c in df.columns:
+        if df[c].dtype == object:
+            kinds = {type(v) for v in df[c] if v is not None and not (isinstance(v, float) and math.isnan(v))}
+            if len(kinds) > 1 or (kinds and not kinds <= {str}):
+                df[c] = df[c].map(lambda v: None if v is None else str(v))
+    return df
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``pftray sweep SWEEP.yaml [--smoke-test] [--out DIR] [--resume] [--address ADDR]``."""
+    p = subparsers.add_parser("sweep", help="Ray Tune + Optuna sweep over config keys (see sweeps/*.yaml)")
+    p.add_argument("sweep", help="sweep file (YAML): base config, search space, objectives")
+    p.add_argument("--smoke-test", action="store_true",
+                   help="the sweep file's smoke_test variant: few tiny trials, experiment '<name>-smoke'")
+    p.add_argument("--out", help="parent folder of the sweep dir (default: the sweep file's 'out'); on a cluster "
+                                 "it must be a path every node sees (shared filesystem)")
+    p.add_argument("--resume", action="store_true", help="resume an interrupted sweep (finished trials are kept)")
+    p.add_argument("--address", default=None,
+                   help="Ray address ('auto' = the cluster this node belongs to; default: RAY_ADDRESS, else "
+                        "the base config's runtime.address, else a local instance)")
+    p.set_defaults(fn=cmd_sweep)
+    return p
+
+
+def _init_ray(spec: SweepSpec, address: str | None) -> None:
+    import ray
+
+    from pftray.runtime.driver import init_ray
+
+    if ray.is_initialized():
+        return
+    cfg = spec.base_config
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        cfg = cfg.replace(**{"runtime.address": address})
+    init_ray(cfg)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """``pftray sweep``: validate the sweep file, run or resume it, print where the results are."""
+    from pftray.analysis import pareto_front
+
+    spec = load_sweep_file(args.sweep)
+    if args.smoke_test:
+        spec = spec.smoke_test()
+    _init_ray(spec, args.address)
+    exp, grid = run_sweep(spec, out=args.out, resume=args.resume)
+    import pandas as pd
+
+    trials = pd.read_parquet(exp / "trials.parquet")
+    n_err = int((trials["status"] == "error").sum()) if len(trials) else 0
+    print(f"sweep {spec.name}: {len(trials)} trials ({n_err} failed) in {exp}")
+    final = {o.metric: o.mode for o in spec.objectives}
+    cols = [f"final/{m}" for m in final]
+    if len(trials) and all(c in trials for c in cols):
+        mx = [f"final/{m}" for m, md in final.items() if md == "max"]
+        mn = [f"final/{m}" for m, md in final.items() if md == "min"]
+        front = pareto_front(trials[trials["status"] != "error"], maximize=mx, minimize=mn)
+        show = ["trial_id", *cols, *[c for c in trials if c.startswith("config/")]]
+        print("Pareto front:" if len(cols) > 1 else "best:")
+        print(front[show].to_string(index=False))
+    print(f"tables: {exp / 'trials.parquet'} (pftray.analysis.load_sweep), {exp / 'results.parquet'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``sweeps/run_sweep.py``: same arguments as ``pftray sweep``, same exit codes."""
+    import sys
+
+    ap = argparse.ArgumentParser(prog="run_sweep.py", description="pftray sweep (Ray Tune + Optuna)")
+    sub = ap.add_subparsers(dest="command", required=True)
+    add_sweep_parser(sub)
+    args = ap.parse_args(["sweep", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return cmd_sweep(args)
+    except (ConfigError, FileNotFoundError, FileExistsError) as exc:
+        print(f"pftray: error: {exc}", file=sys.stderr)
+        return 2

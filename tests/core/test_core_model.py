@@ -1,0 +1,147 @@
+import numpy as np
+import pytest
+import torch
+
+from pftray.data import make_client
+from pftray.fed.client import ClientTrainer, build_model
+from pftray.fed.host import ClientProvider
+from pftray.model.adapters import (
+    adapter_parameters,
+    export_identity_adapter,
+    flatten_state,
+    get_adapter_state,
+    load_adapter_state,
+    set_trainable,
+    unflatten_state,
+)
+from pftray.model.losses import diffusion_losses, proximal_term, tdc_loss
+from tests.tinycfg import tiny_config
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return tiny_config()
+
+
+@pytest.fixture(scope="module")
+def client(cfg):
+    return make_client(0, **ClientProvider(cfg).synthetic_kwargs())
+
+
+def _base_state(model):
+    return {k: v.clone() for k, v in model.state_dict().items() if "lora_" not in k}
+
+
+def test_tdc_zero_for_static_and_positive_for_flicker():
+    static = torch.ones(2, 5, 3, 4, 4) * 0.3
+    assert tdc_loss(static, static).item() == 0.0
+    assert tdc_loss(static * 2, static).item() == 0.0  # a static prediction of a static clip: no temporal error
+    flicker = static.clone()
+    flicker[:, 1::2] += 0.5
+    assert tdc_loss(flicker, static).item() == pytest.approx(0.5)
+    assert tdc_loss(static + 0.1 * (flicker - static), static).item() == pytest.approx(0.05)
+    with pytest.raises(ValueError):
+        tdc_loss(static[:, :1], static[:, :1])
+
+
+def test_proximal_term_value_and_pull():
+    g = {"a": torch.zeros(3)}
+    p = {"a": torch.tensor([1.0, 2.0, 2.0], requires_grad=True)}
+    val = proximal_term(p, g, mu=0.5)
+    assert val.item() == pytest.approx(0.5 / 2 * 9)
+    val.backward()
+    with torch.no_grad():
+        new = p["a"] - 0.1 * p["a"].grad
+    assert torch.linalg.norm(new) < torch.linalg.norm(p["a"].detach())  # a gradient step moves toward w_global
+
+
+def test_identity_only_training_leaves_shared_and_base_bit_identical(cfg, client):
+    model = build_model(cfg)
+    base, shared = _base_state(model), get_adapter_state(model.unet, "shared")
+    ident0 = get_adapter_state(model.unet, "identity")
+    params = set_trainable(model.unet, ["identity"])
+    assert {id(p) for p in params} == {id(p) for p in adapter_parameters(model.unet, "identity").values()}
+    opt = torch.optim.Adam(params, lr=1e-2)
+    rng = np.random.default_rng(0)
+    from pftray.data import clips_to_batch
+
+    for _ in range(3):
+        batch = clips_to_batch(client.train, frames=2, rng=rng, reference=client.reference)
+        loss = diffusion_losses(model, batch, lambda_tdc=0.1)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for k, v in _base_state(model).items():
+        assert torch.equal(v, base[k]), k
+    for k, v in get_adapter_state(model.unet, "shared").items():
+        assert torch.equal(v, shared[k]), k
+    changed = get_adapter_state(model.unet, "identity")
+    assert any(not torch.equal(changed[k], ident0[k]) for k in changed)
+
+
+def test_adapter_states_round_trip_exactly_and_keys_are_checked(cfg):
+    model = build_model(cfg)
+    shared = get_adapter_state(model.unet, "shared")
+    rnd = {k: torch.randn_like(v) for k, v in shared.items()}
+    load_adapter_state(model.unet, "shared", rnd)
+    back = get_adapter_state(model.unet, "shared")
+    assert all(torch.equal(back[k], rnd[k]) for k in rnd)
+    flat = flatten_state(back)
+    again = unflatten_state(flat, back)
+    assert all(torch.equal(again[k], back[k]) for k in back)
+    bad = dict(rnd)
+    bad.pop(next(iter(bad)))
+    with pytest.raises(KeyError, match="missing"):
+        load_adapter_state(model.unet, "shared", bad)
+    with pytest.raises(KeyError, match="unexpected"):
+        load_adapter_state(model.unet, "identity", rnd)  # shared keys are not identity keys
+    with pytest.raises(ValueError, match="flat vector"):
+        unflatten_state(flat[:-1], back)
+
+
+def test_exported_identity_adapter_loads_into_a_diffusers_unet(cfg, tmp_path):
+    torch.manual_seed(123)
+    model = build_model(cfg)
+    ident = {k: torch.randn_like(v) * 0.1 for k, v in get_adapter_state(model.unet, "identity").items()}
+    load_adapter_state(model.unet, "identity", ident)
+    path = export_identity_adapter(model.unet, tmp_path / "identity.safetensors")
+    torch.manual_seed(123)  # same base weights as `model`
+    fresh = build_model(cfg).unet
+    fresh.delete_adapters(["shared", "identity"])
+    fresh.load_lora_adapter(str(path), prefix="unet", adapter_name="loaded")
+    fresh.set_adapters(["loaded"])
+    model.unet.set_adapters(["identity"])  # compare identity-only outputs
+    torch.manual_seed(0)
+    c = cfg.model.cross_attention_dim
+    x = torch.randn(2, model.unet.config.in_channels, model.latent_size, model.latent_size)
+    tokens = torch.randn(2, 5, c)
+    t = torch.tensor([10, 500])
+    with torch.no_grad():
+        a = model.unet(x, t, encoder_hidden_states=tokens).sample
+        b = fresh(x, t, encoder_hidden_states=tokens).sample
+        model.unet.disable_adapters()
+        base = model.unet(x, t, encoder_hidden_states=tokens).sample
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert (a - base).abs().max() > 1e-4  # the adapter really changes the output
+
+
+def test_fedprox_mu_changes_and_shrinks_client_updates(cfg, client):
+    trainer = ClientTrainer(cfg.replace(**{"train.local_steps": 6, "train.lr_shared": 5e-2}))
+    g = flatten_state(get_adapter_state(trainer.model.unet, "shared"))
+    u0, _ = trainer.fit(client, None, g, server_round=1, mu=0.0)
+    u_again, _ = trainer.fit(client, None, g, server_round=1, mu=0.0)
+    u1, _ = trainer.fit(client, None, g, server_round=1, mu=100.0)
+    np.testing.assert_array_equal(u0.delta, u_again.delta)  # deterministic given (seed, round, client)
+    assert not np.allclose(u0.delta, u1.delta)
+    assert u1.update_norm < u0.update_norm
+    assert 0 <= u0.id_sim <= 1 and 0 < u0.temp_stab <= 1 and np.isfinite(u0.val_loss)
+
+
+def test_client_state_persists_identity_and_optimizer(cfg, client):
+    trainer = ClientTrainer(cfg)
+    g = flatten_state(get_adapter_state(trainer.model.unet, "shared"))
+    _, s1 = trainer.fit(client, None, g, server_round=1)
+    _, s2 = trainer.fit(client, s1, g, server_round=2)
+    assert s2.rounds_trained == 2 and s2.optimizer["state"]
+    s1b = type(s1).from_bytes(s1.to_bytes())
+    assert all(torch.equal(s1b.identity[k], s1.identity[k]) for k in s1.identity)
