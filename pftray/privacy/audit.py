@@ -4,7 +4,10 @@
 (v, eps or x0), with *fixed* noise and *fixed* timesteps, averaged over ``repeats`` noise draws x ``timesteps``
 (the loss-threshold attack of Yeom et al. 2018, in the form used against diffusion models by Carlini et al. 2023,
 "Extracting Training Data from Diffusion Models", Sec. 6). Lower error => "member"; the score is ``-error``.
-The same noise is used for every clip of the same length, so clips are compared on paired draws.
+The same noise is used for every clip of the same length, so clips are compared on paired draws. With
+``calibrate`` (default) the score is ``error_reference - error_model``, the reference being the data-independent
+round-0 model (base weights, LoRA B = 0): "difficulty calibration" (Watson et al. 2022, ICLR), which removes how
+hard a clip is for any model, and which dominates the raw error ranking of an under-trained model.
 
 **Clip level** (always). Under each client's personalised model (global shared adapter + its identity
 adapter), members are the client's TRAINING clips and non-members its HELD-OUT clips (same identity, same
@@ -33,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -305,6 +309,7 @@ def audit_run(
     canaries: bool | None = None,
     seed: int = 0,
     server_round: int | None = None,
+    calibrate: bool = True,
 ) -> dict[str, Any]:
     """Audit a run directory (its latest checkpoint, or ``server_round``); writes and returns ``audit.json``.
 
@@ -318,7 +323,7 @@ def audit_run(
     from pftray.fed.client import ClientState, initial_identity_state
     from pftray.fed.host import ClientProvider
     from pftray.results import atomic_write_text
-    from pftray.runtime.driver import load_run_model
+    from pftray.runtime.driver import initial_shared, load_run_model
 
     run_dir = Path(run_dir)
     cfg, trainer, global_shared, states = load_run_model(run_dir, server_round=server_round)
@@ -333,13 +338,21 @@ def audit_run(
         )
     canary_ids = {r["client_id"] for r in manifest["canaries"]} if manifest else set()
     kw = {"timesteps": tuple(int(t) for t in timesteps), "repeats": repeats, "seed": seed}
+    with torch.random.fork_rng():  # initial_shared seeds torch's global generator
+        reference_shared = initial_shared(cfg)
 
-    def load(cid: int, state: ClientState, personalised: bool) -> None:
-        if not personalised:  # the released artifact alone: a data-independent identity adapter
-            state = ClientState(initial_identity_state(trainer.model, cid, cfg.experiment.seed))
-        trainer.load(global_shared, state)
+    def fresh(cid: int) -> ClientState:  # a data-independent identity adapter (B = 0: no effect)
+        return ClientState(initial_identity_state(trainer.model, max(cid, 0), cfg.experiment.seed))
 
-    per_model: dict[str, dict[str, list[np.ndarray]]] = {
+    def scores(shared: np.ndarray, state: ClientState, client: ClientData, clips: list[Clip]) -> np.ndarray:
+        trainer.load(shared, state)
+        err = clip_errors(trainer, client, clips, **kw)
+        if calibrate:
+            trainer.load(reference_shared, fresh(client.client_id))
+            err = err - clip_errors(trainer, client, clips, **kw)
+        return -err
+
+    per_model: dict[str, dict[str, list]] = {
         m: {"in": [], "out": [], "bal": []} for m in ("personalised", "shared")
     }
     audited = []
@@ -356,19 +369,21 @@ def audit_run(
         bal_in[rng.choice(len(client.train), k, replace=False)] = True
         bal_out = np.zeros(len(client.heldout), bool)
         bal_out[rng.choice(len(client.heldout), k, replace=False)] = True
-        for name in per_model:
-            load(cid, state, name == "personalised")
-            per_model[name]["in"].append(-clip_errors(trainer, client, client.train, **kw))
-            per_model[name]["out"].append(-clip_errors(trainer, client, client.heldout, **kw))
+        for name, st in (("personalised", state), ("shared", fresh(cid))):
+            per_model[name]["in"].append(scores(global_shared, st, client, client.train))
+            per_model[name]["out"].append(scores(global_shared, st, client, client.heldout))
             per_model[name]["bal"].append((bal_in, bal_out))
         audited.append(cid)
     if not audited:
         raise ValueError(f"{run_dir}: no trained client with both training and held-out clips to audit")
+    statistic = "-(denoising MSE vs the training target, fixed noise and timesteps, mean over repeats)"
+    if calibrate:
+        statistic += " + the same MSE under the data-independent round-0 model (difficulty calibration)"
     report: dict[str, Any] = {
         "run_dir": str(run_dir),
         "server_round": None,
-        "settings": {**kw, "delta": delta},
-        "statistic": "-(denoising MSE vs the training target, fixed noise and timesteps, mean over repeats)",
+        "settings": {**kw, "delta": delta, "calibrate": calibrate},
+        "statistic": statistic,
         "clients_audited": audited,
         "accountant": _accountant(run_dir),
     }
@@ -387,9 +402,12 @@ def audit_run(
         "same clips under the global shared adapter alone (the released weights)"
     )
     if manifest is not None and canaries is not False:
-        fresh = ClientState(initial_identity_state(trainer.model, 0, cfg.experiment.seed))
-        trainer.load(global_shared, fresh)
-        report["client_level_canaries"] = _canary_audit(manifest, Path(cfg.data.source), trainer, kw, delta)
+        report["client_level_canaries"] = _canary_audit(
+            manifest,
+            Path(cfg.data.source),
+            lambda c: float(scores(global_shared, fresh(-1), c, c.train + c.heldout).mean()),
+            delta,
+        )
     if server_round is None:
         server_round = int(
             (run_dir / "checkpoints" / "LATEST").read_text().strip()[len("round-") : -len(".pt")]
@@ -401,22 +419,21 @@ def audit_run(
 
 
 def _canary_audit(
-    manifest: dict, root: Path, trainer: Any, kw: dict[str, Any], delta: float
+    manifest: dict, root: Path, score: Callable[[ClientData], float], delta: float
 ) -> dict[str, Any]:
-    """Each canary's mean clip error under the model loaded in ``trainer``; members = included canaries."""
+    """Each canary's mean clip score; members = included canaries."""
     from pftray.data import load_client_shard
 
-    scores, member = [], []
+    s, m = [], []
     for rec in manifest["canaries"]:
-        client = load_client_shard(root / rec["shard"])
-        scores.append(-float(clip_errors(trainer, client, client.train + client.heldout, **kw).mean()))
-        member.append(bool(rec["included"]))
-    s, m = np.asarray(scores), np.asarray(member)
+        s.append(score(load_client_shard(root / rec["shard"])))
+        m.append(bool(rec["included"]))
+    s, m = np.asarray(s), np.asarray(m)
     out: dict[str, Any] = {
         "num_canaries": int(m.size),
         "num_included": int(m.sum()),
-        "note": "client-level: canaries included with probability 1/2, scored under the global "
-        "shared adapter alone; comparable to the accountant's client-level epsilon",
+        "note": "client-level: canaries included with probability 1/2, scored under the global shared adapter "
+        "alone; comparable to the accountant's client-level epsilon",
     }
     if m.all() or not m.any():
         out.update(auc=None, tpr_at_1pct_fpr=None, reason="all canaries fell on one side of the coin")
