@@ -55,7 +55,7 @@ def load_sweep(sweep_dir: str | Path, *, finished: bool | None = None) -> pd.Dat
     """One row per trial of the sweep in ``sweep_dir`` (the experiment dir ``<out>/<name>``).
 
     Columns: ``trial_id``, ``trial_name``, ``status`` (``done`` | ``budget_exhausted`` | ``error`` | ``stopped``
-    — ended early by the scheduler — | ``running``), ``error`` (last line of Tune's ``error.txt``, else ``""``),
+    — ended early by the scheduler — | ``running`` | ``pending``), ``error`` (last line of Tune's ``error.txt``, else ``""``),
     ``config/<key>`` for each sampled key, ``final/<metric>`` (last reported round), ``best/<metric>`` (best over
     rounds in the metric's direction, :data:`pftray.tune.METRIC_MODES`), ``epsilon`` (final, ``inf`` without DP),
     ``server_round`` (rounds reported), ``wall_s`` (trial time), ``run_dir``.
@@ -87,23 +87,39 @@ def load_sweep(sweep_dir: str | Path, *, finished: bool | None = None) -> pd.Dat
             row[f"config/{k}"] = v
         last = results[-1] if results else {}
         for m, mode in METRIC_MODES.items():
-            vals = [float(r[m]) for r in results if isinstance(r.get(m), (int, float)) and not math.isnan(r[m])]
+            vals = [
+                float(r[m]) for r in results if isinstance(r.get(m), (int, float)) and not math.isnan(r[m])
+            ]
             row[f"final/{m}"] = float(last[m]) if isinstance(last.get(m), (int, float)) else math.nan
             if m != "epsilon":  # epsilon only grows with rounds: its "best" would be round 1's
                 row[f"best/{m}"] = (max(vals) if mode == "max" else min(vals)) if vals else math.nan
         row["epsilon"] = row["final/epsilon"]
         row["server_round"] = int(last.get("server_round", 0)) if last else 0
-        row["wall_s"] = float(meta.get("wall_s", last.get("time_total_s", math.nan)) if meta or last else math.nan)
+        row["wall_s"] = float(
+            meta.get("wall_s", last.get("time_total_s", math.nan)) if meta or last else math.nan
+        )
         row["run_dir"] = str(run) if run.exists() else ""
         rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty:
-        return pd.DataFrame(columns=["trial_id", "trial_name", "status", "error", "epsilon", "server_round",
-                                     "wall_s", "run_dir"])
+        return pd.DataFrame(
+            columns=[
+                "trial_id",
+                "trial_name",
+                "status",
+                "error",
+                "epsilon",
+                "server_round",
+                "wall_s",
+                "run_dir",
+            ]
+        )
     return df
 
 
-def pareto_front(df: pd.DataFrame, *, maximize: Sequence[str] = (), minimize: Sequence[str] = ()) -> pd.DataFrame:
+def pareto_front(
+    df: pd.DataFrame, *, maximize: Sequence[str] = (), minimize: Sequence[str] = ()
+) -> pd.DataFrame:
     """Rows of ``df`` that no other row Pareto-dominates over the given columns.
 
     Row ``a`` dominates ``b`` when ``a`` is at least as good in every objective and strictly better in one
@@ -116,13 +132,19 @@ def pareto_front(df: pd.DataFrame, *, maximize: Sequence[str] = (), minimize: Se
         raise ValueError("pareto_front: give at least one column in maximize= or minimize=")
     missing = [c for c in cols if c not in df.columns]
     if missing:
-        raise ValueError(f"pareto_front: column {missing[0]!r} not in the frame; columns are {list(df.columns)}")
+        raise ValueError(
+            f"pareto_front: column {missing[0]!r} not in the frame; columns are {list(df.columns)}"
+        )
     if set(maximize) & set(minimize):
-        raise ValueError(f"pareto_front: {sorted(set(maximize) & set(minimize))} in both maximize and minimize")
+        raise ValueError(
+            f"pareto_front: {sorted(set(maximize) & set(minimize))} in both maximize and minimize"
+        )
     sub = df[cols].apply(pd.to_numeric, errors="coerce")
     ok = ~sub.isna().any(axis=1)
     # turn every objective into "smaller is better"
-    x = np.column_stack([-sub[c].to_numpy(float) for c in maximize] + [sub[c].to_numpy(float) for c in minimize])
+    x = np.column_stack(
+        [-sub[c].to_numpy(float) for c in maximize] + [sub[c].to_numpy(float) for c in minimize]
+    )
     x = x[ok.to_numpy()]
     idx = df.index[ok.to_numpy()]
     keep = np.ones(len(x), dtype=bool)
@@ -135,8 +157,14 @@ def pareto_front(df: pd.DataFrame, *, maximize: Sequence[str] = (), minimize: Se
     return front.sort_values(first, ascending=first not in maximize, kind="stable")
 
 
-def plot_sweep(df: pd.DataFrame, out_dir: str | Path, *, utility: str = "final/psnr",
-               utility_mode: str | None = None, privacy: str = "epsilon") -> list[Path]:
+def plot_sweep(
+    df: pd.DataFrame,
+    out_dir: str | Path,
+    *,
+    utility: str = "final/psnr",
+    utility_mode: str | None = None,
+    privacy: str = "epsilon",
+) -> list[Path]:
     """Write PNGs into ``out_dir``; returns their paths.
 
     * ``privacy_utility.png``: ``utility`` against ``privacy`` for every finished trial, the Pareto front
@@ -168,13 +196,21 @@ def plot_sweep(df: pd.DataFrame, out_dir: str | Path, *, utility: str = "final/p
     ax.scatter(eps[finite], u[finite], c="tab:blue", label="trials", zorder=2)
     if (~finite).any():
         edge = (eps[finite].max() * 1.15) if finite.any() else 1.0
-        ax.scatter(np.full((~finite).sum(), edge), u[~finite], facecolors="none", edgecolors="tab:red",
-                   label="no DP (epsilon = inf)", zorder=2)
+        ax.scatter(
+            np.full((~finite).sum(), edge),
+            u[~finite],
+            facecolors="none",
+            edgecolors="tab:red",
+            label="no DP (epsilon = inf)",
+            zorder=2,
+        )
     if finite.any():
         front_in = ok[finite].assign(_u=u[finite], _e=eps[finite])
         kw = {"maximize": ["_u"], "minimize": ["_e"]} if mode == "max" else {"minimize": ["_u", "_e"]}
         front = pareto_front(front_in, **kw).sort_values("_e")
-        ax.step(front["_e"], front["_u"], where="post", c="tab:orange", lw=1.5, label="Pareto front", zorder=1)
+        ax.step(
+            front["_e"], front["_u"], where="post", c="tab:orange", lw=1.5, label="Pareto front", zorder=1
+        )
         ax.scatter(front["_e"], front["_u"], c="tab:orange", zorder=3)
     ax.set_xlabel(f"{privacy} (lower = more private)")
     ax.set_ylabel(f"{utility} ({'higher' if mode == 'max' else 'lower'} is better)")

@@ -128,6 +128,23 @@ def cmd_privacy(args) -> int:
     return 0
 
 
+def cmd_audit(args) -> int:
+    from pftray.privacy.audit import audit_run
+
+    run = Path(args.run_dir)
+    if not (run / "config.yaml").exists():
+        raise InputError(f"{run}: not a pftray run directory (no config.yaml)")
+    res = audit_run(run, timesteps=tuple(args.timesteps), repeats=args.repeats, seed=args.seed,
+                    server_round=args.server_round, calibrate=not args.no_calibrate)
+    for name, block in res.items():
+        if isinstance(block, dict) and "auc" in block:
+            print(f"{name:26s} AUC {block['auc']:.3f}  TPR@1%FPR {block.get('tpr_at_1pct_fpr', math.nan):.3f}  "
+                  f"eps_lb {block.get('eps_lb', math.nan):.3f}")
+    acc = res.get("accountant") or {}
+    print(f"accountant epsilon (client-level): {acc.get('epsilon', 'n/a')}  -> {run / 'audit.json'}")
+    return 0
+
+
 def cmd_config(args) -> int:
     if args.config:
         cfg = _load(args)
@@ -198,6 +215,21 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--delta", type=float, default=1e-5)
         q.add_argument("--accountant", choices=("rdp", "prv"), default="rdp")
         q.set_defaults(fn=cmd_privacy)
+
+    from pftray.evaluation import add_compare_parser, add_eval_parser, add_report_parser
+
+    add_eval_parser(sub)
+    add_report_parser(sub)
+    add_compare_parser(sub)
+
+    p = sub.add_parser("audit", help="membership-inference audit of a run (AUC, TPR@1%FPR, empirical epsilon)")
+    p.add_argument("run_dir")
+    p.add_argument("--timesteps", type=int, nargs="+", default=[100, 300, 500])
+    p.add_argument("--repeats", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--round", type=int, default=None, dest="server_round")
+    p.add_argument("--no-calibrate", action="store_true", help="raw denoising error instead of the calibrated score")
+    p.set_defaults(fn=cmd_audit)
 
     p = sub.add_parser("config", help="print the resolved config, or every key with its default and reason")
     with_config(p, required=False)

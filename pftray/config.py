@@ -55,7 +55,7 @@ class DataConfig:
     unreliable_kinds: tuple[str, ...] = _f(("offset", "noise", "frozen"), "corruptions cycled over unreliable clients")
     n_mels: int = _f(32, "mel bands of the audio features", range=(4, 256))
     audio_window: int = _f(16, "mel frames (10 ms each) in the audio window around a video frame", range=(2, 256))
-    public_identities: int = _f(24, "disjoint identities for backbone pre-training", range=(1, 100_000))
+    public_identities: int = _f(32, "disjoint identities for backbone pre-training", range=(1, 100_000))
     public_clips_per_identity: int = _f(4, "clips per public identity", range=(1, 10_000))
     cache_dir: str = _f("", "where client shards are cached ('' = <run>/clients)")
 
@@ -64,12 +64,12 @@ class DataConfig:
 class ModelConfig:
     pretrained: str = _f("", "local diffusers folder with vae/ and unet/ subfolders ('' = build from the sizes below)")
     backbone: str = _f("", "checkpoint made by `pftray pretrain` ('' = none: random backbone)")
-    vae_channels: tuple[int, ...] = _f((32, 64, 64), "AutoencoderKL block widths; len-1 = log2 downsampling")
+    vae_channels: tuple[int, ...] = _f((16, 32, 64), "AutoencoderKL block widths; len-1 = log2 downsampling")
     vae_layers_per_block: int = _f(1, "resnet layers per VAE block", range=(1, 4))
     latent_channels: int = _f(4, "VAE latent channels", range=(1, 64))
-    unet_channels: tuple[int, ...] = _f((64, 128), "UNet block widths")
+    unet_channels: tuple[int, ...] = _f((32, 64), "UNet block widths")
     unet_layers_per_block: int = _f(1, "resnet layers per UNet block", range=(1, 4))
-    attention_head_dim: int = _f(16, "channels per attention head", range=(1, 512))
+    attention_head_dim: int = _f(8, "channels per attention head", range=(1, 512))
     cross_attention_dim: int = _f(64, "width of the audio/pose/identity condition tokens", range=(8, 4096))
     prediction_type: str = _f("v_prediction", "diffusion target", choices=("epsilon", "v_prediction", "sample"))
     num_train_timesteps: int = _f(1000, "DDPM training timesteps", range=(10, 10_000))
@@ -107,11 +107,11 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    vae_steps: int = _f(600, "VAE optimiser steps on public identities", range=(0, 10_000_000))
-    unet_steps: int = _f(1200, "UNet optimiser steps on public identities", range=(0, 10_000_000))
-    batch_frames: int = _f(32, "frames per VAE batch", range=(1, 65536))
-    batch_clips: int = _f(8, "clips per UNet batch", range=(1, 4096))
-    lr_vae: float = _f(2e-3, "VAE learning rate", range=(0.0, 10.0))
+    vae_steps: int = _f(500, "VAE optimiser steps on public identities", range=(0, 10_000_000))
+    unet_steps: int = _f(1000, "UNet optimiser steps on public identities", range=(0, 10_000_000))
+    batch_frames: int = _f(16, "frames per VAE batch", range=(1, 65536))
+    batch_clips: int = _f(6, "clips per UNet batch", range=(1, 4096))
+    lr_vae: float = _f(1e-3, "VAE learning rate", range=(0.0, 10.0))
     lr_unet: float = _f(1e-3, "UNet learning rate", range=(0.0, 10.0))
     kl_weight: float = _f(1e-6, "VAE KL weight (tiny: we want a sharp autoencoder)", range=(0.0, 10.0))
     checkpoint_every: int = _f(200, "steps between resumable checkpoints", range=(1, 10_000_000))
@@ -189,6 +189,7 @@ class EvalConfig:
     frames: int = _f(8, "frames generated per evaluated clip", range=(1, 10_000))
     sample_steps: int = _f(10, "DDIM steps when evaluating", range=(1, 1000))
     save_videos: bool = _f(True, "write mp4 samples with audio")
+    id_encoder: str = _f("", "SynthIdentityEncoder file for id_sim_synth ('' = not computed)")
 
 
 @dataclass(frozen=True)

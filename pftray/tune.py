@@ -53,12 +53,31 @@ from pftray.config import Config, ConfigError, TierConfig, apply_overrides, conf
 
 #: Metrics a sweep can optimise, with the direction that is better ("best/<metric>" in :mod:`pftray.analysis`).
 METRIC_MODES: dict[str, str] = {
-    "val_loss": "min", "train_loss": "min", "epsilon": "min", "psnr": "max", "ssim": "max",
-    "mouth_psnr": "max", "mouth_ssim": "max", "lip_sync": "max", "jitter": "min", "temp_stab_eval": "max",
+    "val_loss": "min",
+    "train_loss": "min",
+    "epsilon": "min",
+    "psnr": "max",
+    "ssim": "max",
+    "mouth_psnr": "max",
+    "mouth_ssim": "max",
+    "lip_sync": "max",
+    "jitter": "min",
+    "temp_stab_eval": "max",
 }
 PARAM_TYPES = ("uniform", "loguniform", "int", "logint", "choice")
-SWEEP_KEYS = ("name", "base", "overrides", "space", "objectives", "search", "scheduler", "trial", "max_failures",
-              "smoke_test", "out")
+SWEEP_KEYS = (
+    "name",
+    "base",
+    "overrides",
+    "space",
+    "objectives",
+    "search",
+    "scheduler",
+    "trial",
+    "max_failures",
+    "smoke_test",
+    "out",
+)
 #: config keys holding paths: made absolute at launch, because Tune runs trials in another working directory
 PATH_KEYS = ("data.source", "data.cache_dir", "model.pretrained", "model.backbone")
 RUN_SUBDIR = "run"
@@ -154,20 +173,40 @@ class SweepSpec:
         """A plain mapping that :func:`sweep_from_dict` reads back to an equal spec (saved as ``sweep.yaml``)."""
         space = {}
         for p in self.space:
-            space[p.key] = ({"type": "choice", "values": list(p.values)} if p.type == "choice"
-                            else {"type": p.type, "low": p.low, "high": p.high})
+            space[p.key] = (
+                {"type": "choice", "values": list(p.values)}
+                if p.type == "choice"
+                else {"type": p.type, "low": p.low, "high": p.high}
+            )
         s = self.scheduler
         return {
-            "name": self.name, "base": copy.deepcopy(self.base), "space": space,
+            "name": self.name,
+            "base": copy.deepcopy(self.base),
+            "space": space,
             "objectives": [{"metric": o.metric, "mode": o.mode} for o in self.objectives],
-            "search": {"num_samples": self.num_samples, "max_concurrent": self.max_concurrent, "seed": self.seed,
-                       "points_to_evaluate": [dict(p) for p in self.points_to_evaluate]},
-            "scheduler": {"type": s.type, "metric": s.metric, "mode": s.mode, "grace_period": s.grace_period,
-                          "reduction_factor": s.reduction_factor},
-            "trial": {"pool": self.trial.pool, "driver_cpus": self.trial.driver_cpus,
-                      "local_hosts": self.trial.local_hosts, "local_cpus": self.trial.local_cpus,
-                      "local_gpus": self.trial.local_gpus},
-            "max_failures": self.max_failures, "out": self.out, "smoke_test": copy.deepcopy(self.smoke),
+            "search": {
+                "num_samples": self.num_samples,
+                "max_concurrent": self.max_concurrent,
+                "seed": self.seed,
+                "points_to_evaluate": [dict(p) for p in self.points_to_evaluate],
+            },
+            "scheduler": {
+                "type": s.type,
+                "metric": s.metric,
+                "mode": s.mode,
+                "grace_period": s.grace_period,
+                "reduction_factor": s.reduction_factor,
+            },
+            "trial": {
+                "pool": self.trial.pool,
+                "driver_cpus": self.trial.driver_cpus,
+                "local_hosts": self.trial.local_hosts,
+                "local_cpus": self.trial.local_cpus,
+                "local_gpus": self.trial.local_gpus,
+            },
+            "max_failures": self.max_failures,
+            "out": self.out,
+            "smoke_test": copy.deepcopy(self.smoke),
         }
 
     def smoke_test(self) -> SweepSpec:
@@ -178,8 +217,10 @@ class SweepSpec:
             base = _apply(config_from_dict(base), sm["overrides"], "smoke_test.overrides").to_dict()
         d = self.to_dict()
         d.update(name=f"{self.name}-smoke", base=base, smoke_test={})
-        d["search"].update(num_samples=int(sm.get("num_samples", min(2, self.num_samples))),
-                           max_concurrent=int(sm.get("max_concurrent", min(2, self.max_concurrent))))
+        d["search"].update(
+            num_samples=int(sm.get("num_samples", min(2, self.num_samples))),
+            max_concurrent=int(sm.get("max_concurrent", min(2, self.max_concurrent))),
+        )
         return sweep_from_dict(d)
 
 
@@ -227,7 +268,9 @@ def _param(key: str, raw: Any, base: Config) -> ParamSpec:
         spec = ParamSpec(key, kind, values=tuple(values))
     else:
         if "values" in d:
-            raise ConfigError(f"{where}.values: only type 'choice' takes values; type {kind!r} takes low/high")
+            raise ConfigError(
+                f"{where}.values: only type 'choice' takes values; type {kind!r} takes low/high"
+            )
         for b in ("low", "high"):
             if b not in d:
                 raise ConfigError(f"{where}.{b}: missing; type {kind!r} needs low and high")
@@ -252,7 +295,9 @@ def _resolve_base(raw: Any, source: Path | None) -> Config:
         except ConfigError as exc:
             raise ConfigError(f"base: {exc}") from None
     if not isinstance(raw, str) or not raw:
-        raise ConfigError(f"base: expected a preset path (e.g. configs/quickstart.yaml) or a mapping, got {raw!r}")
+        raise ConfigError(
+            f"base: expected a preset path (e.g. configs/quickstart.yaml) or a mapping, got {raw!r}"
+        )
     tried = [Path(raw)]
     if source is not None and not Path(raw).is_absolute():
         tried += [source.parent / raw, source.parent.parent / raw]
@@ -288,6 +333,11 @@ def sweep_from_dict(data: Any, *, source: Path | None = None, cwd: Path | None =
     if not isinstance(space_raw, Mapping) or not space_raw:
         raise ConfigError(f"space: expected a non-empty mapping of dotted config keys, got {space_raw!r}")
     for key in space_raw:
+        if str(key).startswith("runtime.tiers"):
+            raise ConfigError(
+                f"space.{key}: runtime.tiers cannot be searched; every trial reserves the same "
+                "worker bundles (sweep the tiers with separate sweep files)"
+            )
         if key in overrides:
             raise ConfigError(f"space.{key}: also set in overrides; a key is either fixed or searched")
     space = tuple(_param(str(k), v, base) for k, v in space_raw.items())
@@ -298,16 +348,26 @@ def sweep_from_dict(data: Any, *, source: Path | None = None, cwd: Path | None =
     for i, o in enumerate(objs_raw):
         o = _mapping(o, f"objectives[{i}]", ("metric", "mode"))
         if o.get("metric") not in METRIC_MODES:
-            raise ConfigError(f"objectives[{i}].metric: {o.get('metric')!r} is not allowed; choose one of "
-                              f"{sorted(METRIC_MODES)}")
+            raise ConfigError(
+                f"objectives[{i}].metric: {o.get('metric')!r} is not allowed; choose one of "
+                f"{sorted(METRIC_MODES)}"
+            )
         if o.get("mode") not in ("min", "max"):
-            raise ConfigError(f"objectives[{i}].mode: {o.get('mode')!r} is not allowed; choose 'min' or 'max'")
+            raise ConfigError(
+                f"objectives[{i}].mode: {o.get('mode')!r} is not allowed; choose 'min' or 'max'"
+            )
         objectives.append(Objective(o["metric"], o["mode"]))
     if len({o.metric for o in objectives}) != len(objectives):
         raise ConfigError(f"objectives: the same metric twice {[o.metric for o in objectives]}")
-    search = _mapping(d.get("search"), "search", ("num_samples", "max_concurrent", "seed", "points_to_evaluate"))
-    num_samples = int(_number(search.get("num_samples", 8), "search.num_samples", integer=True, positive=True))
-    max_conc = int(_number(search.get("max_concurrent", 2), "search.max_concurrent", integer=True, positive=True))
+    search = _mapping(
+        d.get("search"), "search", ("num_samples", "max_concurrent", "seed", "points_to_evaluate")
+    )
+    num_samples = int(
+        _number(search.get("num_samples", 8), "search.num_samples", integer=True, positive=True)
+    )
+    max_conc = int(
+        _number(search.get("max_concurrent", 2), "search.max_concurrent", integer=True, positive=True)
+    )
     seed = int(_number(search.get("seed", 0), "search.seed", integer=True))
     points = search.get("points_to_evaluate") or []
     if not isinstance(points, list):
@@ -316,27 +376,35 @@ def sweep_from_dict(data: Any, *, source: Path | None = None, cwd: Path | None =
         pt = _mapping(pt, f"search.points_to_evaluate[{i}]", tuple(p.key for p in space))
         missing = [p.key for p in space if p.key not in pt]
         if missing:
-            raise ConfigError(f"search.points_to_evaluate[{i}].{missing[0]}: missing; a point gives a value for "
-                              f"every searched key {[p.key for p in space]}")
+            raise ConfigError(
+                f"search.points_to_evaluate[{i}].{missing[0]}: missing; a point gives a value for "
+                f"every searched key {[p.key for p in space]}"
+            )
         try:
             apply_overrides(base, pt)
         except ConfigError as exc:
             raise ConfigError(f"search.points_to_evaluate[{i}]: {exc}") from None
-    sch = _mapping(d.get("scheduler"), "scheduler", ("type", "metric", "mode", "grace_period", "reduction_factor"))
+    sch = _mapping(
+        d.get("scheduler"), "scheduler", ("type", "metric", "mode", "grace_period", "reduction_factor")
+    )
     scheduler = SchedulerSpec(**sch)
     if scheduler.type not in ("none", "asha"):
         raise ConfigError(f"scheduler.type: {scheduler.type!r} is not allowed; choose 'none' or 'asha'")
     if scheduler.metric not in METRIC_MODES or scheduler.mode not in ("min", "max"):
-        raise ConfigError(f"scheduler.metric/mode: {scheduler.metric!r}/{scheduler.mode!r}; metric one of "
-                          f"{sorted(METRIC_MODES)}, mode 'min' or 'max'")
+        raise ConfigError(
+            f"scheduler.metric/mode: {scheduler.metric!r}/{scheduler.mode!r}; metric one of "
+            f"{sorted(METRIC_MODES)}, mode 'min' or 'max'"
+        )
     _number(scheduler.grace_period, "scheduler.grace_period", integer=True, positive=True)
     if _number(scheduler.reduction_factor, "scheduler.reduction_factor") <= 1:
         raise ConfigError(f"scheduler.reduction_factor: {scheduler.reduction_factor!r} must be > 1")
     tr = _mapping(d.get("trial"), "trial", ("pool", "driver_cpus", "local_hosts", "local_cpus", "local_gpus"))
     trial = TrialSpec(**tr)
     if trial.pool not in ("ray", "local"):
-        raise ConfigError(f"trial.pool: {trial.pool!r} is not allowed; choose 'ray' (worker actors from "
-                          "runtime.tiers) or 'local' (clients in the trial's own process)")
+        raise ConfigError(
+            f"trial.pool: {trial.pool!r} is not allowed; choose 'ray' (worker actors from "
+            "runtime.tiers) or 'local' (clients in the trial's own process)"
+        )
     _number(trial.driver_cpus, "trial.driver_cpus", positive=True)
     _number(trial.local_cpus, "trial.local_cpus", positive=True)
     _number(trial.local_hosts, "trial.local_hosts", integer=True, positive=True)
@@ -351,10 +419,21 @@ def sweep_from_dict(data: Any, *, source: Path | None = None, cwd: Path | None =
     out = d.get("out", "runs/sweeps")
     if not isinstance(out, str) or not out:
         raise ConfigError(f"out: expected a directory path, got {out!r}")
-    return SweepSpec(name=name, base=base.to_dict(), space=space, objectives=tuple(objectives),
-                     num_samples=num_samples, max_concurrent=max_conc, seed=seed,
-                     points_to_evaluate=tuple(dict(p) for p in points), scheduler=scheduler, trial=trial,
-                     max_failures=max_failures, out=out, smoke=smoke)
+    return SweepSpec(
+        name=name,
+        base=base.to_dict(),
+        space=space,
+        objectives=tuple(objectives),
+        num_samples=num_samples,
+        max_concurrent=max_conc,
+        seed=seed,
+        points_to_evaluate=tuple(dict(p) for p in points),
+        scheduler=scheduler,
+        trial=trial,
+        max_failures=max_failures,
+        out=out,
+        smoke=smoke,
+    )
 
 
 def load_sweep_file(path: str | Path) -> SweepSpec:
@@ -396,10 +475,7 @@ def worker_bundles(tiers: tuple[TierConfig, ...]) -> list[dict[str, float]]:
 
 
 def trial_bundles(spec: SweepSpec) -> list[dict[str, float]]:
-    """``[{CPU: driver}, *worker bundles]`` (ray pool) or ``[{CPU: local_cpus, GPU: local_gpus}]`` (local).
-
-    With a swept key under ``runtime.tiers`` the bundles follow the base config's tiers (tiers are not searched).
-    """
+    """``[{CPU: driver}, *worker bundles]`` (ray pool) or ``[{CPU: local_cpus, GPU: local_gpus}]`` (local)."""
     if spec.trial.pool == "local":
         b = {"CPU": float(spec.trial.local_cpus)}
         if spec.trial.local_gpus:
@@ -419,8 +495,10 @@ class RoundReporter:
         self.dp = cfg.privacy.noise_multiplier > 0
         self.run_dir = run_dir
         self.report = report
-        self.last_eval: dict[str, float] = {k: math.nan for k in METRIC_MODES if k not in
-                                            ("val_loss", "train_loss", "epsilon")}
+        self.count = 0
+        self.last_eval: dict[str, float] = {
+            k: math.nan for k in METRIC_MODES if k not in ("val_loss", "train_loss", "epsilon")
+        }
 
     def metrics(self, row: Mapping[str, Any]) -> dict[str, Any]:
         for k in self.last_eval:
@@ -429,16 +507,24 @@ class RoundReporter:
                 self.last_eval[k] = float(v)
         eps = row.get("epsilon", math.nan)
         eps = float(eps) if self.dp and isinstance(eps, (int, float)) and math.isfinite(eps) else math.inf
-        out = {"server_round": int(row["server_round"]), "train_loss": float(row.get("train_loss", math.nan)),
-               "val_loss": float(row.get("val_loss", math.nan)), "epsilon": eps, **self.last_eval,
-               "n_ok": int(row.get("n_ok", 0)), "n_failed": int(row.get("n_failed", 0)),
-               "round_status": str(row.get("status", "")), "round_wall_s": float(row.get("wall_s", math.nan)),
-               "run_dir": self.run_dir}
+        out = {
+            "server_round": int(row["server_round"]),
+            "train_loss": float(row.get("train_loss", math.nan)),
+            "val_loss": float(row.get("val_loss", math.nan)),
+            "epsilon": eps,
+            **self.last_eval,
+            "n_ok": int(row.get("n_ok", 0)),
+            "n_failed": int(row.get("n_failed", 0)),
+            "round_status": str(row.get("status", "")),
+            "round_wall_s": float(row.get("wall_s", math.nan)),
+            "run_dir": self.run_dir,
+        }
         if "eval_error" in row:
             out["eval_error"] = str(row["eval_error"])
         return out
 
     def __call__(self, row: Mapping[str, Any]) -> None:
+        self.count += 1
         self.report(self.metrics(row))
 
 
@@ -449,12 +535,18 @@ def _trial_device(gpus: float) -> str:
     return "cuda" if gpus > 0 and ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
 
 
-def run_trial(spec: SweepSpec, params: Mapping[str, Any], run_path: Path, *, trial_id: str,
-              report: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+def run_trial(
+    spec: SweepSpec,
+    params: Mapping[str, Any],
+    run_path: Path,
+    *,
+    trial_id: str,
+    report: Callable[[dict[str, Any]], None],
+) -> dict[str, Any]:
     """Run (or resume) one trial's federated run in ``run_path``; ``report`` receives one dict per round.
 
     A trial restarted by Tune (crash, ``Tuner.restore``) finds its run directory and resumes from the latest
-    federated checkpoint; a run that had already finished re-reports its last round instead of training again.
+    federated checkpoint; a run that had already finished re-reports its rounds instead of training again.
     """
     from pftray.results import RunDir
     from pftray.runtime.driver import make_server, prepare_run, resume_config
@@ -463,7 +555,9 @@ def run_trial(spec: SweepSpec, params: Mapping[str, Any], run_path: Path, *, tri
     run = RunDir(run_path)
     if (run.path / "config.yaml").exists():
         if resume_config(run) != cfg:
-            raise ConfigError(f"{run.path}: holds a run with another config; refusing to resume it as {trial_id}")
+            raise ConfigError(
+                f"{run.path}: holds a run with another config; refusing to resume it as {trial_id}"
+            )
         run.update_meta(status="running", resumed=time.strftime("%Y-%m-%dT%H:%M:%S"))
     else:
         prepare_run(cfg, run)
@@ -482,18 +576,30 @@ def run_trial(spec: SweepSpec, params: Mapping[str, Any], run_path: Path, *, tri
 
         torch.set_num_threads(max(1, int(spec.trial.local_cpus)))
         device = _trial_device(spec.trial.local_gpus)
-        pool = LocalPool([ClientHost(cfg, str(run.path), device=device, worker=f"{trial_id}-local-{i}")
-                          for i in range(spec.trial.local_hosts)])
+        pool = LocalPool(
+            [
+                ClientHost(cfg, str(run.path), device=device, worker=f"{trial_id}-local-{i}")
+                for i in range(spec.trial.local_hosts)
+            ]
+        )
+    server = None
     try:
         server = make_server(cfg, run, pool, reporter)
-        if server.state.server_round >= cfg.fed.rounds:  # finished before the restart: report, do not retrain
+        summary = server.run_rounds()
+        if reporter.count == 0:
+            # restarted after its last round (or with its privacy budget spent): nothing new was trained, so
+            # report what the run directory holds rather than end the trial without a result
             rows = run.table("rounds").to_dict("records")
             for row in rows[:-1]:
                 reporter.metrics(row)  # carries the evaluation metrics forward
-            reporter(rows[-1])
-            summary = {"status": run.read_meta().get("status", "done"), "rounds": server.state.server_round}
-        else:
-            summary = server.run_rounds()
+            if rows:
+                reporter(rows[-1])
+    except (SystemExit, KeyboardInterrupt):
+        # Tune ends a trial that its scheduler stops (ASHA) or that the sweep is shutting down by raising
+        # SystemExit inside tune.report: an early stop, not a failure
+        r = server.state.server_round if server is not None else 0
+        run.update_meta(status="done" if r >= cfg.fed.rounds else "stopped", rounds_completed=r)
+        raise
     except BaseException as exc:
         run.update_meta(status="failed", error=f"{type(exc).__name__}: {exc}")
         raise
@@ -533,9 +639,13 @@ def build_searcher(spec: SweepSpec):
     metrics = [o.metric for o in spec.objectives]
     modes = [o.mode for o in spec.objectives]
     multi = len(metrics) > 1
-    sampler = optuna.samplers.TPESampler(seed=spec.seed, multivariate=True, warn_independent_sampling=False)
-    search = OptunaSearch(metric=metrics if multi else metrics[0], mode=modes if multi else modes[0],
-                          sampler=sampler, points_to_evaluate=[dict(p) for p in spec.points_to_evaluate] or None)
+    sampler = optuna.samplers.TPESampler(seed=spec.seed, multivariate=True)
+    search = OptunaSearch(
+        metric=metrics if multi else metrics[0],
+        mode=modes if multi else modes[0],
+        sampler=sampler,
+        points_to_evaluate=[dict(p) for p in spec.points_to_evaluate] or None,
+    )
     return ConcurrencyLimiter(search, max_concurrent=spec.max_concurrent)
 
 
@@ -545,9 +655,14 @@ def build_scheduler(spec: SweepSpec):
     from ray.tune.schedulers import ASHAScheduler
 
     s = spec.scheduler
-    return ASHAScheduler(time_attr="server_round", metric=s.metric, mode=s.mode,
-                         max_t=spec.base_config.fed.rounds, grace_period=s.grace_period,
-                         reduction_factor=s.reduction_factor)
+    return ASHAScheduler(
+        time_attr="server_round",
+        metric=s.metric,
+        mode=s.mode,
+        max_t=spec.base_config.fed.rounds,
+        grace_period=s.grace_period,
+        reduction_factor=s.reduction_factor,
+    )
 
 
 def wrapped_trainable(spec: SweepSpec, exp_dir: str | Path):
@@ -563,8 +678,9 @@ def experiment_dir(spec: SweepSpec, out: str | Path | None = None) -> Path:
     return Path(out or spec.out).resolve() / spec.name
 
 
-def run_sweep(spec: SweepSpec, *, out: str | Path | None = None, resume: bool = False,
-              verbose: int = 1) -> tuple[Path, Any]:
+def run_sweep(
+    spec: SweepSpec, *, out: str | Path | None = None, resume: bool = False, verbose: int = 1
+) -> tuple[Path, Any]:
     """Run (or resume) a sweep; returns ``(experiment dir, ResultGrid)``. Ray must be initialised.
 
     Writes into the experiment dir: ``sweep.yaml`` (the resolved spec), Tune's trial dirs (each with ``run/``),
@@ -586,10 +702,13 @@ def run_sweep(spec: SweepSpec, *, out: str | Path | None = None, resume: bool = 
             raise FileNotFoundError(f"{exp}: no sweep to resume (no Tune experiment state)")
         saved_spec = sweep_from_dict(yaml.safe_load(saved.read_text())) if saved.exists() else spec
         if saved_spec != spec:
-            raise ConfigError(f"{exp}: the sweep file changed since the sweep started; resume with the same file "
-                              f"or start a new sweep (another name or --out)")
-        tuner = tune.Tuner.restore(str(exp), trainable=trainable, resume_unfinished=True, resume_errored=False,
-                                   restart_errored=False)
+            raise ConfigError(
+                f"{exp}: the sweep file changed since the sweep started; resume with the same file "
+                f"or start a new sweep (another name or --out)"
+            )
+        tuner = tune.Tuner.restore(
+            str(exp), trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False
+        )
         (exp / DONE_MARKER).unlink(missing_ok=True)
     else:
         if saved.exists() or tune.Tuner.can_restore(str(exp)):
@@ -599,19 +718,42 @@ def run_sweep(spec: SweepSpec, *, out: str | Path | None = None, resume: bool = 
         tuner = tune.Tuner(
             trainable,
             param_space={p.key: p.domain() for p in spec.space},
-            tune_config=tune.TuneConfig(search_alg=build_searcher(spec), scheduler=build_scheduler(spec),
-                                        num_samples=spec.num_samples, reuse_actors=True),
-            run_config=tune.RunConfig(name=spec.name, storage_path=str(exp.parent), verbose=verbose,
-                                      failure_config=tune.FailureConfig(max_failures=spec.max_failures)),
+            tune_config=tune.TuneConfig(
+                search_alg=build_searcher(spec),
+                scheduler=build_scheduler(spec),
+                num_samples=spec.num_samples,
+                reuse_actors=True,
+            ),
+            run_config=tune.RunConfig(
+                name=spec.name,
+                storage_path=str(exp.parent),
+                verbose=verbose,
+                failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            ),
         )
     t0 = time.perf_counter()
     grid = tuner.fit()
+    complete = not _interrupted(grid, spec)
     df = grid.get_dataframe()
     write_parquet(_parquet_safe(df), exp / "results.parquet")
-    write_parquet(_parquet_safe(load_sweep(exp, finished=True)), exp / "trials.parquet")
-    atomic_write_text(exp / DONE_MARKER, json.dumps({"wall_s": time.perf_counter() - t0, "trials": len(grid),
-                                                     "errors": sum(r.error is not None for r in grid)}))
+    write_parquet(_parquet_safe(load_sweep(exp, finished=complete)), exp / "trials.parquet")
+    if complete:  # an interrupted sweep (Ctrl-C: Tune saves its state and returns) gets no marker
+        marker = {
+            "wall_s": time.perf_counter() - t0,
+            "trials": len(grid),
+            "errors": sum(r.error is not None for r in grid),
+        }
+        atomic_write_text(exp / DONE_MARKER, json.dumps(marker))
     return exp, grid
+
+
+def _interrupted(grid: Any, spec: SweepSpec) -> bool:
+    """Whether ``Tuner.fit`` returned before every trial ended (Tune returns normally after a SIGINT)."""
+    if len(grid) < spec.num_samples:
+        return True
+    # ResultGrid has no public trial status; a trial that is neither TERMINATED nor ERROR did not end
+    trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or []
+    return any(getattr(t, "status", "TERMINATED") not in ("TERMINATED", "ERROR") for t in trials)
 
 
 def _parquet_safe(df):
@@ -632,14 +774,25 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``pftray sweep SWEEP.yaml [--smoke-test] [--out DIR] [--resume] [--address ADDR]``."""
     p = subparsers.add_parser("sweep", help="Ray Tune + Optuna sweep over config keys (see sweeps/*.yaml)")
     p.add_argument("sweep", help="sweep file (YAML): base config, search space, objectives")
-    p.add_argument("--smoke-test", action="store_true",
-                   help="the sweep file's smoke_test variant: few tiny trials, experiment '<name>-smoke'")
-    p.add_argument("--out", help="parent folder of the sweep dir (default: the sweep file's 'out'); on a cluster "
-                                 "it must be a path every node sees (shared filesystem)")
-    p.add_argument("--resume", action="store_true", help="resume an interrupted sweep (finished trials are kept)")
-    p.add_argument("--address", default=None,
-                   help="Ray address ('auto' = the cluster this node belongs to; default: RAY_ADDRESS, else "
-                        "the base config's runtime.address, else a local instance)")
+    p.add_argument(
+        "--smoke-test",
+        action="store_true",
+        help="the sweep file's smoke_test variant: few tiny trials, experiment '<name>-smoke'",
+    )
+    p.add_argument(
+        "--out",
+        help="parent folder of the sweep dir (default: the sweep file's 'out'); on a cluster "
+        "it must be a path every node sees (shared filesystem)",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="resume an interrupted sweep (finished trials are kept)"
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray address ('auto' = the cluster this node belongs to; default: RAY_ADDRESS, else "
+        "the base config's runtime.address, else a local instance)",
+    )
     p.set_defaults(fn=cmd_sweep)
     return p
 
@@ -670,6 +823,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     import pandas as pd
 
     trials = pd.read_parquet(exp / "trials.parquet")
+    if not (exp / DONE_MARKER).exists():
+        print(
+            f"sweep {spec.name}: interrupted with {len(trials)} trials started; the state is saved in {exp}; "
+            f"continue with `pftray sweep {args.sweep} --resume` (same --out)"
+        )
+        return 130
     n_err = int((trials["status"] == "error").sum()) if len(trials) else 0
     print(f"sweep {spec.name}: {len(trials)} trials ({n_err} failed) in {exp}")
     final = {o.metric: o.mode for o in spec.objectives}

@@ -45,17 +45,18 @@ class ClientState:
     identity: dict[str, torch.Tensor]
     optimizer: dict[str, Any] | None = None
     rounds_trained: int = 0
+    privacy: dict[str, Any] | None = None  # sample-level DP-SGD ledger of this client (when train.dp_sgd)
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
-        torch.save({"identity": self.identity, "optimizer": self.optimizer, "rounds_trained": self.rounds_trained},
-                   buf)
+        torch.save({"identity": self.identity, "optimizer": self.optimizer, "rounds_trained": self.rounds_trained,
+                    "privacy": self.privacy}, buf)
         return buf.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ClientState:
         blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
-        return cls(blob["identity"], blob["optimizer"], int(blob["rounds_trained"]))
+        return cls(blob["identity"], blob["optimizer"], int(blob["rounds_trained"]), blob.get("privacy"))
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
@@ -82,11 +83,12 @@ class ClientUpdate:
     status: str = "ok"
     message: str = ""
     delta: np.ndarray | None = field(default=None, repr=False)
+    sample_epsilon: float = float("nan")  # sample-level DP-SGD epsilon of this client so far (NaN without DP-SGD)
 
     def scalars(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("client_id", "num_examples", "loss", "diffusion_loss", "tdc_loss",
                                               "id_sim", "temp_stab", "update_norm", "val_loss", "status",
-                                              "message")}
+                                              "message", "sample_epsilon")}
 
 
 def build_model(cfg: Config, *, device: str | torch.device = "cpu") -> TalkingHeadModel:
@@ -168,25 +170,44 @@ class ClientTrainer:
         losses, diffs, tdcs = [], [], []
         steps = cfg.train.local_steps if local_steps is None else local_steps
         for _ in range(steps):
-            batch = self._batch(client, rng)
-            with self._autocast():
-                out = diffusion_losses(self.model, batch, lambda_tdc=cfg.train.lambda_tdc,
-                                       tdc_space=cfg.train.tdc_space, generator=gen)
-                loss = out["loss"]
-                if mu > 0 and train_shared:
-                    loss = loss + proximal_term(adapter_parameters(self.model.unet, "shared"), global_params, mu)
-            opt_id.zero_grad(set_to_none=True)
-            if opt_sh is not None:
-                opt_sh.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.train.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(trainable, cfg.train.grad_clip)
-            opt_id.step()
-            if opt_sh is not None:
-                opt_sh.step()
-            losses.append(float(loss.detach()))
-            diffs.append(float(out["diffusion"].detach()))
-            tdcs.append(float(out["tdc"].detach()))
+            if cfg.train.dp_sgd:
+                loss_v, diff_v, tdc_v = self._dp_sgd_step(client, rng, gen, [opt_id] + ([opt_sh] if opt_sh else []),
+                                                          train_shared, mu, global_params)
+            else:
+                batch = self._batch(client, rng)
+                with self._autocast():
+                    out = diffusion_losses(self.model, batch, lambda_tdc=cfg.train.lambda_tdc,
+                                           tdc_space=cfg.train.tdc_space, generator=gen)
+                    loss = out["loss"]
+                    if mu > 0 and train_shared:
+                        loss = loss + proximal_term(adapter_parameters(self.model.unet, "shared"), global_params, mu)
+                opt_id.zero_grad(set_to_none=True)
+                if opt_sh is not None:
+                    opt_sh.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.train.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(trainable, cfg.train.grad_clip)
+                opt_id.step()
+                if opt_sh is not None:
+                    opt_sh.step()
+                loss_v, diff_v, tdc_v = float(loss.detach()), float(out["diffusion"]), float(out["tdc"])
+            losses.append(loss_v)
+            diffs.append(diff_v)
+            tdcs.append(tdc_v)
+        sample_eps = math.nan
+        if cfg.train.dp_sgd:
+            from pftray.privacy.accounting import PrivacyLedger
+            from pftray.privacy.dpsgd import dp_sgd_event
+
+            ledger = PrivacyLedger()
+            if state.privacy:
+                ledger.load_state_dict(state.privacy)
+            n = len(client.train)
+            ledger.record(dp_sgd_event(noise_multiplier=cfg.train.dp_sgd_noise_multiplier,
+                                       batch_clips=min(cfg.train.batch_clips, n), num_train_clips=n,
+                                       local_steps=steps))
+            state.privacy = ledger.state_dict()
+            sample_eps = ledger.epsilon(cfg.privacy.target_delta, accountant=cfg.privacy.accountant)
         self.model.eval()
         set_trainable(self.model.unet, [])
 
@@ -196,14 +217,38 @@ class ClientTrainer:
         delta = (new_shared - global_shared).astype(np.float32) if train_shared else np.zeros_like(global_shared)
         norm = float(np.linalg.norm(delta))
         new_state = ClientState(get_adapter_state(self.model.unet, "identity"), opt_id.state_dict(),
-                                state.rounds_trained + 1)
+                                state.rounds_trained + 1, state.privacy)
         status, message = "ok", ""
         if not np.all(np.isfinite(delta)) or not all(math.isfinite(x) for x in losses):
             status, message = "nonfinite", "update or loss contains NaN/Inf"
         update = ClientUpdate(client.client_id, client.num_examples, float(np.mean(losses)), float(np.mean(diffs)),
                               float(np.mean(tdcs)), id_sim, temp_stab, norm, val_loss, status, message,
-                              delta)
+                              delta, sample_eps)
         return update, new_state
+
+    def _dp_sgd_step(self, client, rng, gen, optimizers, train_shared: bool, mu: float,
+                     global_params) -> tuple[float, float, float]:
+        """One sample-level DP-SGD step (opacus per-clip gradients, Poisson sampling of clips)."""
+        from pftray.privacy.dpsgd import dp_sgd_step, poisson_clip_indices
+
+        cfg = self.cfg
+        n = len(client.train)
+        q = min(1.0, cfg.train.batch_clips / n)
+        idx = poisson_clip_indices(n, sample_rate=q, rng=rng)
+        batch = None
+        if len(idx):
+            window = min(cfg.train.window, min(client.train[i].num_frames for i in idx))
+            b = clips_to_batch([client.train[i] for i in idx], frames=window, rng=rng, reference=client.reference)
+            batch = {k: v.to(self.device) for k, v in b.items()}
+        params = dict(adapter_parameters(self.model.unet, "identity"))
+        if train_shared:
+            params.update(adapter_parameters(self.model.unet, "shared"))
+        out = dp_sgd_step(self.model, batch, params, optimizers, noise_multiplier=cfg.train.dp_sgd_noise_multiplier,
+                          max_grad_norm=cfg.train.dp_sgd_max_grad_norm, expected_batch_size=q * n, generator=gen,
+                          lambda_tdc=cfg.train.lambda_tdc, tdc_space=cfg.train.tdc_space,
+                          mu=mu if train_shared else 0.0, global_params=global_params if train_shared else None)
+        loss = float(out["loss"]) if out.get("loss") is not None else math.nan
+        return loss, loss, math.nan
 
     @torch.no_grad()
     def validation_loss(self, client: ClientData) -> float:

@@ -228,8 +228,11 @@ class ClientHost:
         return rows
 
     def ping(self) -> dict[str, Any]:
+        import resource
+
         return {"worker": self.worker, "node_id": _node_id(), "gpu_ids": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
-                "pid": os.getpid()}
+                "pid": os.getpid(), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "resident_states": len(self.states.resident), "cached_clients": len(self.data.cache)}
 
 
 def _node_id() -> str:

@@ -95,6 +95,7 @@ class FederatedServer:
 
             self.ledger = PrivacyLedger()
         self.eval_ids = list(range(min(cfg.fed.eval_clients, num_registered)))
+        self.sample_epsilon_max = 0.0  # sample-level DP-SGD: the largest per-client epsilon seen so far
 
     # ------------------------------------------------------------------------------------------ privacy
     @property
@@ -173,6 +174,9 @@ class FederatedServer:
                     rep["status"] = "rejected_norm"
                     rep["message"] = f"update norm {norm:.3g} > fed.max_update_norm {cfg.fed.max_update_norm}"
         ok = [by_id[c] for c in ids if by_id[c].get("status") == "ok"]
+        for rep in ok:
+            if math.isfinite(float(rep.get("sample_epsilon", math.nan))):
+                self.sample_epsilon_max = max(self.sample_epsilon_max, float(rep["sample_epsilon"]))
         row: dict[str, Any] = {"server_round": r, "n_sampled": len(ids), "n_ok": len(ok),
                                "n_failed": len(ids) - len(ok), "bytes_down": len(ids) * d * 4}
         weights = np.zeros(0)
@@ -300,6 +304,7 @@ class FederatedServer:
                 "status": str(rep.get("status", "failed")), "message": str(rep.get("message", "")),
                 "worker": str(rep.get("worker", "")), "node_id": str(rep.get("node_id", "")),
                 "gpu_ids": str(rep.get("gpu_ids", "")), "fit_s": float(rep.get("fit_s", math.nan)),
+                "sample_epsilon": float(rep.get("sample_epsilon", math.nan)),
             })
         return rows
 
@@ -331,6 +336,7 @@ class FederatedServer:
             "best_val_loss": st.best_val_loss, "clipping_norm": st.clipping_norm,
             "server_opt": self.server_opt.state_dict(),
             "adaptive": self.adaptive.state_dict() if self.adaptive else None,
+            "sample_epsilon_max": self.sample_epsilon_max,
             "ledger": self.ledger.state_dict() if self.ledger else None,
             "strategy": self.strategy.name,
         }
@@ -341,7 +347,7 @@ class FederatedServer:
         name = f"round-{st.server_round:05d}.pt"
         atomic_write_bytes(self.run.checkpoints / name, buf.getvalue())
         atomic_write_text(self.run.checkpoints / "LATEST", name)
-        if self.ledger is not None:
+        if self.ledger is not None or self.cfg.train.dp_sgd:
             import json
 
             atomic_write_text(self.run.path / "privacy.json", json.dumps(self.privacy_summary(), indent=2))
@@ -353,7 +359,8 @@ class FederatedServer:
         return {
             "guarantee": "client-level (user-level) DP of the shared adapter: each sampled client's whole update "
                          "is clipped to C and Gaussian noise is added to the sum (DP-FedAvg, McMahan et al. 2018)",
-            "accountant": p.accountant, "delta": p.target_delta, "epsilon": self.epsilon(),
+            "accountant": p.accountant, "delta": p.target_delta,
+            "epsilon": self.epsilon() if self.ledger is not None else None,
             "noise_multiplier": p.noise_multiplier, "update_noise_multiplier": self.update_noise_multiplier,
             "sample_rate": self.sample_rate, "sampling": "poisson" if self.cfg.fed.sample_rate > 0 else
             "fixed-size (accounted as Poisson with q = clients_per_round / num_clients)",
@@ -361,6 +368,11 @@ class FederatedServer:
             "adaptive_clipping": p.adaptive_clipping, "clipping_norm": self.state.clipping_norm,
             "secure_aggregation": p.secagg, "ledger": self.ledger.state_dict() if self.ledger else None,
             "target_epsilon": p.target_epsilon or None,
+            "sample_level": {
+                "epsilon_max_over_clients": self.sample_epsilon_max, "delta": p.target_delta,
+                "guarantee": "per client, add/remove one training clip (opacus DP-SGD on the LoRA parameters); a "
+                             "different neighbouring relation from the client-level epsilon: never add the two",
+            } if self.cfg.train.dp_sgd else None,
         }
 
     def restore(self) -> int:
@@ -376,6 +388,7 @@ class FederatedServer:
         st.server_round, st.global_shared = int(blob["server_round"]), blob["global_shared"]
         st.best_round, st.best_val_loss = blob["best_round"], blob["best_val_loss"]
         st.clipping_norm = blob["clipping_norm"]
+        self.sample_epsilon_max = float(blob.get("sample_epsilon_max", 0.0))
         self.server_opt.load_state_dict(blob["server_opt"])
         if self.adaptive is not None and blob["adaptive"]:
             self.adaptive.load_state_dict(blob["adaptive"])

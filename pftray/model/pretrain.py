@@ -6,6 +6,7 @@ and picked up by the next call with the same output path.
 from __future__ import annotations
 
 import io
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -57,38 +58,39 @@ def pretrain(cfg: Config, out: str | Path, *, progress: Callable[[str, int, int,
     rng = np.random.default_rng((cfg.experiment.seed, 23))
     state: dict[str, Any] = {"phase": "vae", "step": 0, "times": {"vae": 0.0, "unet": 0.0}, "losses": []}
     opt = torch.optim.Adam(model.vae.parameters(), lr=p.lr_vae)
+    gen = torch.Generator().manual_seed(cfg.experiment.seed)  # noise and timesteps of the UNet stage
     if partial.exists():
         blob = torch.load(partial, map_location="cpu", weights_only=False)
         model.load_state_dict(blob["model"])
         state = blob["state"]
         rng.bit_generator.state = blob["rng"]
         torch.set_rng_state(blob["torch_rng"])
+        gen.set_state(blob["gen_rng"])
         if state["phase"] == "unet":
             opt = _unet_optimizer(model, p.lr_unet)
         opt.load_state_dict(blob["optimizer"])
 
     def checkpoint() -> None:
         _save_partial(partial, {"model": model.state_dict(), "state": state, "rng": rng.bit_generator.state,
-                                "torch_rng": torch.get_rng_state(), "optimizer": opt.state_dict()})
+                                "torch_rng": torch.get_rng_state(), "gen_rng": gen.get_state(),
+                                "optimizer": opt.state_dict()})
 
     # ---- stage 1: VAE on all public frames
     if state["phase"] == "vae":
         model.vae.train()
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(p.vae_steps, 1), last_epoch=state["step"] - 1) \
-            if p.vae_steps else None
         t0 = time.perf_counter() - state["times"]["vae"]
         while state["step"] < p.vae_steps:
             idx = rng.integers(0, len(frames), size=p.batch_frames)
             x = _to_t(frames[idx]).to(device)
+            _cosine_lr(opt, p.lr_vae, state["step"], p.vae_steps)
             loss, _ = vae_loss(model, x, p.kl_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
             state["step"] += 1
             state["times"]["vae"] = time.perf_counter() - t0
             if progress:
-                progress("vae", state["step"], p.vae_steps, float(loss))
+                progress("vae", state["step"], p.vae_steps, float(loss.detach()))
             if state["step"] % p.checkpoint_every == 0:
                 checkpoint()
         model.vae.eval()
@@ -108,9 +110,6 @@ def pretrain(cfg: Config, out: str | Path, *, progress: Callable[[str, int, int,
     audio = torch.from_numpy(np.stack([c.audio_feats for c in clips])).to(device)
     pose = torch.from_numpy(np.stack([c.pose for c in clips])).to(device)
     window = max(cfg.train.window, 2)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(p.unet_steps, 1), last_epoch=state["step"] - 1) \
-        if p.unet_steps else None
-    gen = torch.Generator().manual_seed(cfg.experiment.seed + state["step"])
     model.unet.train()
     t0 = time.perf_counter() - state["times"]["unet"]
     while state["step"] < p.unet_steps:
@@ -120,6 +119,7 @@ def pretrain(cfg: Config, out: str | Path, *, progress: Callable[[str, int, int,
         ci_t = torch.as_tensor(ci)[:, None]
         batch = {"audio_feats": audio[ci_t, win], "pose": pose[ci_t, win]}
         x0 = lat[ci_t, win].flatten(0, 1)
+        _cosine_lr(opt, p.lr_unet, state["step"], p.unet_steps)
         ref = ref_lat[torch.as_tensor(ident[ci])]
         out_ = diffusion_losses(model, batch, lambda_tdc=cfg.train.lambda_tdc, tdc_space=cfg.train.tdc_space,
                                 generator=gen, latents=(x0, ref))
@@ -127,13 +127,12 @@ def pretrain(cfg: Config, out: str | Path, *, progress: Callable[[str, int, int,
         out_["loss"].backward()
         torch.nn.utils.clip_grad_norm_([q for g in opt.param_groups for q in g["params"]], 1.0)
         opt.step()
-        sched.step()
         state["step"] += 1
         state["times"]["unet"] = time.perf_counter() - t0
         if state["step"] % 50 == 0:
             state["losses"].append((state["step"], float(out_["diffusion"])))
         if progress:
-            progress("unet", state["step"], p.unet_steps, float(out_["loss"]))
+            progress("unet", state["step"], p.unet_steps, float(out_["loss"].detach()))
         if state["step"] % p.checkpoint_every == 0:
             checkpoint()
     model.eval()
@@ -145,6 +144,13 @@ def pretrain(cfg: Config, out: str | Path, *, progress: Callable[[str, int, int,
     atomic_write_bytes(out, buf.getvalue())
     partial.unlink(missing_ok=True)
     return {"out": str(out), "times": state["times"], "losses": state["losses"]}
+
+
+def _cosine_lr(opt: torch.optim.Optimizer, base: float, step: int, total: int) -> None:
+    """Closed-form cosine decay (a function of the step alone, so a resumed run uses the same rates)."""
+    lr = base * 0.5 * (1 + math.cos(math.pi * step / max(total, 1)))
+    for g in opt.param_groups:
+        g["lr"] = lr
 
 
 def _unet_optimizer(model: TalkingHeadModel, lr: float) -> torch.optim.Optimizer:

@@ -344,12 +344,17 @@ def audit_run(
     def fresh(cid: int) -> ClientState:  # a data-independent identity adapter (B = 0: no effect)
         return ClientState(initial_identity_state(trainer.model, max(cid, 0), cfg.experiment.seed))
 
+    reference_errors: dict[tuple[str, ...], np.ndarray] = {}  # the same for every audited model: compute once
+
     def scores(shared: np.ndarray, state: ClientState, client: ClientData, clips: list[Clip]) -> np.ndarray:
         trainer.load(shared, state)
         err = clip_errors(trainer, client, clips, **kw)
         if calibrate:
-            trainer.load(reference_shared, fresh(client.client_id))
-            err = err - clip_errors(trainer, client, clips, **kw)
+            key = (client.identity, *(c.clip_id for c in clips))
+            if key not in reference_errors:
+                trainer.load(reference_shared, fresh(client.client_id))
+                reference_errors[key] = clip_errors(trainer, client, clips, **kw)
+            err = err - reference_errors[key]
         return -err
 
     per_model: dict[str, dict[str, list]] = {

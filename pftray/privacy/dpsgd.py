@@ -162,7 +162,7 @@ def _grad_sample_hooks(model: TalkingHeadModel, params: dict[str, torch.nn.Param
     try:
         yield
     finally:
-        gsm._close()
+        gsm.cleanup()  # removes the hooks and every attribute opacus put on the parameters
         for p, flag in saved_flags:
             p.requires_grad_(flag)
         for k, p in params.items():

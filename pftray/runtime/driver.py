@@ -197,5 +197,6 @@ def load_run_model(run_dir: str | Path, *, server_round: int | None = None):
     blob = torch.load(ckpt, map_location="cpu", weights_only=False)
     store = ClientStateStore(run.clients, resident=0)
     r = int(blob["server_round"])
+    torch.manual_seed(cfg.experiment.seed)  # the same base weights as the run's hosts when there is no backbone
     trainer = ClientTrainer(cfg)
     return cfg, trainer, blob["global_shared"], (lambda cid: store.load(cid, before_round=r + 1))

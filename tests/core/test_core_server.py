@@ -140,3 +140,19 @@ def test_target_epsilon_refuses_to_start_or_stops(tmp_path):
     assert out["status"] == "budget_exhausted" and out["rounds"] == 3
     assert out["epsilon"] == pytest.approx(eps3) and out["epsilon"] <= cfg.privacy.target_epsilon
     assert math.isfinite(out["epsilon"])
+
+
+def test_sample_level_dp_sgd_run_reports_its_own_epsilon(tmp_path):
+    cfg = tiny_config(**{"fed.rounds": 2, "train.dp_sgd": True, "train.dp_sgd_noise_multiplier": 1.0,
+                         "train.dp_sgd_max_grad_norm": 0.5})
+    server = _server(cfg, tmp_path / "run")
+    server.run_rounds()
+    clients = load_run(tmp_path / "run")["clients"]
+    assert (clients.status == "ok").all()
+    eps = clients.sample_epsilon.to_numpy()
+    assert np.isfinite(eps).all() and (eps > 0).all()
+    import json
+
+    summary = json.loads((tmp_path / "run" / "privacy.json").read_text())
+    assert summary["epsilon"] is None  # no client-level DP in this run: no client-level number is claimed
+    assert summary["sample_level"]["epsilon_max_over_clients"] == pytest.approx(eps.max())

@@ -89,6 +89,8 @@ def test_per_clip_gradients_match_a_microbatch_loop(model_batch):
     )
     assert {k: p.requires_grad for k, p in model.named_parameters()} == flags  # left as found
     assert all(p.grad is None for p in params.values())
+    assert not any(hasattr(p, "grad_sample") for p in model.parameters())  # opacus hooks and attributes gone
+    assert not any(m._forward_hooks or m._backward_hooks for m in model.unet.modules())
 
     x0, ref = encode_batch(model, batch)
     t, eps = draw_noise(model, x0, frames=FRAMES, generator=torch.Generator().manual_seed(3))

@@ -20,16 +20,23 @@ from pftray.tune import run_sweep, sweep_from_dict  # noqa: E402
 
 def main(out: str) -> None:
     os.makedirs("/tmp/ray", exist_ok=True)  # cluster_utils needs Ray's default temp dir to exist
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 1,
-                                                            "resources": {"tierA": 1}, "include_dashboard": False})
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 2, "num_gpus": 1, "resources": {"tierA": 1}, "include_dashboard": False},
+    )
     try:
         worker = cluster.add_node(num_cpus=2, num_gpus=1, resources={"tierB": 1})
         cluster.wait_for_nodes()
         ray.init(address=cluster.address)
-        tiers = [{"name": "a", "num_workers": 1, "num_cpus": 1, "num_gpus": 0.5, "resources": {"tierA": 1}},
-                 {"name": "b", "num_workers": 1, "num_cpus": 1, "num_gpus": 0.5, "resources": {"tierB": 1}}]
-        d = sweep_dict(name="cluster", trial={"pool": "ray", "driver_cpus": 1},
-                       search={"num_samples": 1, "max_concurrent": 1, "seed": 1})
+        tiers = [
+            {"name": "a", "num_workers": 1, "num_cpus": 1, "num_gpus": 0.5, "resources": {"tierA": 1}},
+            {"name": "b", "num_workers": 1, "num_cpus": 1, "num_gpus": 0.5, "resources": {"tierB": 1}},
+        ]
+        d = sweep_dict(
+            name="cluster",
+            trial={"pool": "ray", "driver_cpus": 1},
+            search={"num_samples": 1, "max_concurrent": 1, "seed": 1},
+        )
         d["base"]["runtime"] = {"tiers": tiers, "round_timeout_s": 180.0}
         d["base"]["fed"]["clients_per_round"] = 2
         spec = sweep_from_dict(d)
@@ -40,11 +47,23 @@ def main(out: str) -> None:
             c = pd.read_parquet(Path(run_dir) / "clients.parquet")
             placements.append(c[["client_id", "worker", "node_id", "gpu_ids", "status"]].to_dict("records"))
         nodes = {n["NodeID"]: n["Resources"] for n in ray.nodes() if n["Alive"]}
-        print("RESULT " + json.dumps({
-            "head": cluster.head_node.node_id, "worker": worker.node_id, "statuses": list(trials["status"]),
-            "errors": list(trials["error"]), "placements": placements,
-            "node_resources": {k: {r: v for r, v in res.items() if r in ("tierA", "tierB", "GPU", "CPU")}
-                               for k, res in nodes.items()}}), flush=True)
+        print(
+            "RESULT "
+            + json.dumps(
+                {
+                    "head": cluster.head_node.node_id,
+                    "worker": worker.node_id,
+                    "statuses": list(trials["status"]),
+                    "errors": list(trials["error"]),
+                    "placements": placements,
+                    "node_resources": {
+                        k: {r: v for r, v in res.items() if r in ("tierA", "tierB", "GPU", "CPU")}
+                        for k, res in nodes.items()
+                    },
+                }
+            ),
+            flush=True,
+        )
     finally:
         ray.shutdown()
         cluster.shutdown()

@@ -25,15 +25,16 @@ def test_sweep_workers_land_on_both_nodes(tmp_path: Path):
     script = Path(__file__).parent / "_tune_cluster_sweep.py"
     try:
         t0 = time.perf_counter()
-        res = subprocess.run([PYTHON, str(script), str(tmp_path / "out")], env=env, capture_output=True, text=True,
-                             timeout=300)
+        res = subprocess.run(
+            [PYTHON, str(script), str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=300
+        )
         wall = time.perf_counter() - t0
     finally:
         kill_procs(procs_with(str(tmp)))
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")]
     assert res.returncode == 0 and lines, res.stdout[-3000:] + res.stderr[-3000:]
     print(f"cluster sweep {wall:.1f} s")
-    r = json.loads(lines[-1][len("RESULT "):])
+    r = json.loads(lines[-1][len("RESULT ") :])
     assert r["statuses"] == ["done"], r["errors"]
     assert r["node_resources"][r["head"]]["tierA"] == 1 and r["node_resources"][r["worker"]]["tierB"] == 1
     for clients in r["placements"]:

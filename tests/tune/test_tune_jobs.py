@@ -27,19 +27,64 @@ def test_ray_job_submit_runs_the_sweep_entry_script(tmp_path: Path):
     try:
         t0 = time.perf_counter()
         start = subprocess.run(
-            [RAY, "start", "--head", "--temp-dir", str(tmp), "--port", str(gcs), "--include-dashboard=true",
-             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--ray-client-server-port", str(client),
-             "--node-manager-port", str(nm), "--object-manager-port", str(om),
-             "--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port", str(agent_grpc),
-             "--metrics-export-port", str(metrics), "--runtime-env-agent-port", str(rt_env), "--num-cpus", "2",
-             "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=120)
+            [
+                RAY,
+                "start",
+                "--head",
+                "--temp-dir",
+                str(tmp),
+                "--port",
+                str(gcs),
+                "--include-dashboard=true",
+                "--dashboard-host",
+                "127.0.0.1",
+                "--dashboard-port",
+                str(dash),
+                "--ray-client-server-port",
+                str(client),
+                "--node-manager-port",
+                str(nm),
+                "--object-manager-port",
+                str(om),
+                "--dashboard-agent-listen-port",
+                str(agent),
+                "--dashboard-agent-grpc-port",
+                str(agent_grpc),
+                "--metrics-export-port",
+                str(metrics),
+                "--runtime-env-agent-port",
+                str(rt_env),
+                "--num-cpus",
+                "2",
+                "--disable-usage-stats",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert start.returncode == 0, start.stdout[-2000:] + start.stderr[-2000:]
         t_start = time.perf_counter() - t0
         t1 = time.perf_counter()
         job = subprocess.run(
-            [RAY, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--",
-             PYTHON, str(REPO / "sweeps" / "run_sweep.py"), str(sweep), "--out", str(out)],
-            env=env, capture_output=True, text=True, timeout=300)
+            [
+                RAY,
+                "job",
+                "submit",
+                "--address",
+                f"http://127.0.0.1:{dash}",
+                "--",
+                PYTHON,
+                str(REPO / "sweeps" / "run_sweep.py"),
+                str(sweep),
+                "--out",
+                str(out),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         t_job = time.perf_counter() - t1
         log = job.stdout[-4000:] + job.stderr[-2000:]
         assert job.returncode == 0, log

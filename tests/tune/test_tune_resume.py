@@ -17,7 +17,9 @@ from _tune_helpers import PYTHON, REPO, kill_procs, procs_with, sweep_dict, wait
 
 
 def _snapshot(d: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(d)): (p.stat().st_size, p.stat().st_mtime_ns) for p in d.rglob("*") if p.is_file()}
+    return {
+        str(p.relative_to(d)): (p.stat().st_size, p.stat().st_mtime_ns) for p in d.rglob("*") if p.is_file()
+    }
 
 
 def _done_runs(exp: Path) -> list[Path]:
@@ -33,8 +35,13 @@ def _done_runs(exp: Path) -> list[Path]:
 
 def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path: Path):
     tmp = Path(tempfile.mkdtemp(prefix="pfr", dir="/tmp"))  # this test's Ray temp dir: finds its processes
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": str(tmp), "TUNE_GLOBAL_CHECKPOINT_S": "0",
-           "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_TMPDIR": str(tmp),
+        "TUNE_GLOBAL_CHECKPOINT_S": "0",
+        "PYTHONUNBUFFERED": "1",
+    }
     d = sweep_dict(name="resume", search={"num_samples": 2, "max_concurrent": 1, "seed": 0})
     sweep = tmp_path / "resume.yaml"
     sweep.write_text(yaml.safe_dump(d))
@@ -42,15 +49,22 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path: Path):
     exp = out / "resume"
     cmd = [PYTHON, str(REPO / "sweeps" / "run_sweep.py"), str(sweep), "--out", str(out)]
     log = open(tmp_path / "first.log", "w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path
+    )
     try:
         t0 = time.perf_counter()
-        first = wait_for(lambda: _done_runs(exp) if exp.exists() else [], timeout_s=150, what="a finished trial")
+        first = wait_for(
+            lambda: _done_runs(exp) if exp.exists() else [], timeout_s=150, what="a finished trial"
+        )
         assert len(first) == 1
         done_at = (first[0] / "meta.json").stat().st_mtime
         # the experiment state (trial statuses) is snapshotted on Tune's next controller step
-        wait_for(lambda: any(p.stat().st_mtime > done_at + 1.0 for p in exp.glob("experiment_state-*.json")),
-                 timeout_s=60, what="the experiment state after the first trial")
+        wait_for(
+            lambda: any(p.stat().st_mtime > done_at + 1.0 for p in exp.glob("experiment_state-*.json")),
+            timeout_s=60,
+            what="the experiment state after the first trial",
+        )
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
         t_kill = time.perf_counter() - t0
@@ -65,14 +79,18 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path: Path):
     results_before = (first[0].parent / "result.json").read_text()
     try:
         t1 = time.perf_counter()
-        res = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+        res = subprocess.run(
+            [*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path
+        )
         t_resume = time.perf_counter() - t1
     finally:
         kill_procs(procs_with(str(tmp)))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     print(f"first run until kill {t_kill:.1f} s, resume {t_resume:.1f} s")
     trials = pd.read_parquet(exp / "trials.parquet")
-    assert len(trials) == 2 and list(trials["status"]) == ["done"] * 2, trials[["trial_id", "status", "error"]]
+    assert len(trials) == 2 and list(trials["status"]) == ["done"] * 2, trials[
+        ["trial_id", "status", "error"]
+    ]
     assert _snapshot(first[0]) == before  # the finished trial's run directory was not touched
     assert (first[0].parent / "result.json").read_text() == results_before  # and Tune did not run it again
     for run_dir in trials["run_dir"]:

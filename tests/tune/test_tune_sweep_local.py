@@ -32,10 +32,29 @@ def sweep(tmp_path_factory):
     tmp = tempfile.mkdtemp(prefix="pft", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tmp, log_to_driver=False)
     try:
-        d = sweep_dict(name="smoke", search={"num_samples": 4, "max_concurrent": 2, "seed": 3,
-                                             "points_to_evaluate": [{"privacy.noise_multiplier": 0.3, "lora.shared_rank": 2,
-                                                                     "train.lambda_tdc": 0.1, "fed.strategy": "isfa"}]})
+        d = sweep_dict(
+            name="smoke",
+            search={
+                "num_samples": 4,
+                "max_concurrent": 2,
+                "seed": 3,
+                "points_to_evaluate": [
+                    {
+                        "privacy.noise_multiplier": 0.3,
+                        "lora.shared_rank": 2,
+                        "train.lambda_tdc": 0.1,
+                        "fed.strategy": "isfa",
+                    }
+                ],
+            },
+        )
         d["space"]["privacy.noise_multiplier"]["low"] = 0.3
+        d["scheduler"] = {
+            "type": "asha",
+            "metric": "val_loss",
+            "mode": "min",
+            "grace_period": 1,
+        }  # wiring only
         d["base"]["privacy"]["target_epsilon"] = TARGET_EPS
         spec = sweep_from_dict(d)
         out = tmp_path_factory.mktemp("sweeps")
@@ -89,13 +108,22 @@ def test_pareto_and_plots(sweep, tmp_path: Path):
     assert 1 <= len(front) <= len(ok)
     for _, a in ok.iterrows():  # no finished trial dominates a front member
         for _, b in front.iterrows():
-            assert not (a["final/psnr"] >= b["final/psnr"] and a["final/epsilon"] <= b["final/epsilon"]
-                        and (a["final/psnr"] > b["final/psnr"] or a["final/epsilon"] < b["final/epsilon"]))
+            assert not (
+                a["final/psnr"] >= b["final/psnr"]
+                and a["final/epsilon"] <= b["final/epsilon"]
+                and (a["final/psnr"] > b["final/psnr"] or a["final/epsilon"] < b["final/epsilon"])
+            )
     paths = plot_sweep(df, tmp_path)
     names = sorted(p.name for p in paths)
-    assert names == sorted(["privacy_utility.png", "psnr_vs_privacy_noise_multiplier.png",
-                            "psnr_vs_lora_shared_rank.png", "psnr_vs_train_lambda_tdc.png",
-                            "psnr_vs_fed_strategy.png"])
+    assert names == sorted(
+        [
+            "privacy_utility.png",
+            "psnr_vs_privacy_noise_multiplier.png",
+            "psnr_vs_lora_shared_rank.png",
+            "psnr_vs_train_lambda_tdc.png",
+            "psnr_vs_fed_strategy.png",
+        ]
+    )
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
 

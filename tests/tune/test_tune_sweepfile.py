@@ -17,7 +17,15 @@ from hypothesis import strategies as st
 
 from pftray.analysis import pareto_front
 from pftray.config import ConfigError, config_from_dict
-from pftray.tune import RoundReporter, load_sweep_file, sweep_from_dict, trial_bundles, trial_config
+from pftray.tune import (
+    RoundReporter,
+    build_scheduler,
+    build_searcher,
+    load_sweep_file,
+    sweep_from_dict,
+    trial_bundles,
+    trial_config,
+)
 
 
 # ------------------------------------------------------------------------------------------ sweep files
@@ -27,15 +35,23 @@ def test_valid_sweep_parses_every_space_type():
     d["space"]["data.clips_per_client"] = {"type": "logint", "low": 1, "high": 4}
     spec = sweep_from_dict(d)
     types = {p.key: p.type for p in spec.space}
-    assert types == {"privacy.noise_multiplier": "loguniform", "lora.shared_rank": "choice",
-                     "train.lambda_tdc": "uniform", "fed.strategy": "choice", "train.local_steps": "int",
-                     "data.clips_per_client": "logint"}
+    assert types == {
+        "privacy.noise_multiplier": "loguniform",
+        "lora.shared_rank": "choice",
+        "train.lambda_tdc": "uniform",
+        "fed.strategy": "choice",
+        "train.local_steps": "int",
+        "data.clips_per_client": "logint",
+    }
     assert [(o.metric, o.mode) for o in spec.objectives] == [("psnr", "max"), ("epsilon", "min")]
     # the spec round-trips through the saved form (what --resume compares)
     assert sweep_from_dict(spec.to_dict()) == spec
     # a trial config is the base plus the sampled values
-    cfg = trial_config(spec, {"privacy.noise_multiplier": 1.5, "fed.strategy": "fedprox", "lora.shared_rank": 1},
-                       trial_id="abc")
+    cfg = trial_config(
+        spec,
+        {"privacy.noise_multiplier": 1.5, "fed.strategy": "fedprox", "lora.shared_rank": 1},
+        trial_id="abc",
+    )
     assert (cfg.privacy.noise_multiplier, cfg.fed.strategy, cfg.lora.shared_rank) == (1.5, "fedprox", 1)
     assert cfg.experiment.name == "t-abc" and cfg.data.resolution == 32
 
@@ -46,50 +62,108 @@ def test_int_domains_include_high():
     assert {dom.sample() for _ in range(60)} == {1, 2}
 
 
-@pytest.mark.parametrize(("mutate", "message"), [
-    (lambda d: d["space"].update({"privacy.noise_multiplyer": {"type": "uniform", "low": 0, "high": 1}}),
-     "space.privacy.noise_multiplyer: value 0.0 is not valid for the base config: privacy.noise_multiplyer: "
-     "unknown key"),
-    (lambda d: d["space"].update({"lora.shared_rank": {"type": "choice", "values": [2, 0]}}),
-     "space.lora.shared_rank: value 0 is not valid for the base config: lora.shared_rank: 0 is out of range"),
-    (lambda d: d["space"].update({"fed.strategy": {"type": "choice", "values": ["isfa", "fedsgd"]}}),
-     "space.fed.strategy: value 'fedsgd' is not valid"),
-    (lambda d: d["space"].update({"train.lambda_tdc": {"type": "loguniform", "low": 0.0, "high": 1}}),
-     "space.train.lambda_tdc.low: 0.0 must be > 0"),
-    (lambda d: d["space"].update({"train.lambda_tdc": {"type": "uniform", "low": 0.5, "high": 0.1}}),
-     "space.train.lambda_tdc: high 0.1 must be greater than low 0.5"),
-    (lambda d: d["space"].update({"train.lambda_tdc": {"type": "normal", "low": 0, "high": 1}}),
-     "space.train.lambda_tdc.type: 'normal' is not allowed"),
-    (lambda d: d["space"].update({"train.lambda_tdc": {"type": "uniform", "low": 0}}),
-     "space.train.lambda_tdc.high: missing"),
-    (lambda d: d["space"].update({"train.local_steps": {"type": "int", "low": 1.5, "high": 3}}),
-     "space.train.local_steps.low: expected an integer"),
-    (lambda d: d["space"].update({"lora.shared_rank": {"type": "choice", "values": []}}),
-     "space.lora.shared_rank.values: expected a non-empty list"),
-    (lambda d: d["space"].update({"lora.shared_rank": {"type": "choice", "vals": [2]}}),
-     "space.lora.shared_rank.vals: unknown key"),
-    (lambda d: d.update(overrides={"lora.shared_rank": 2}), "space.lora.shared_rank: also set in overrides"),
-    (lambda d: d.update(overrides={"fed.roundz": 2}), "overrides: fed.roundz: unknown key"),
-    (lambda d: d.update(objectives=[{"metric": "fid", "mode": "min"}]), "objectives[0].metric: 'fid' is not"),
-    (lambda d: d.update(objectives=[{"metric": "psnr", "mode": "up"}]), "objectives[0].mode: 'up' is not"),
-    (lambda d: d.update(objectives=[]), "objectives: expected a list of one or two"),
-    (lambda d: d.update(search={"num_samples": 0}), "search.num_samples: 0 must be > 0"),
-    (lambda d: d.update(search={"max_concurent": 2}), "search.max_concurent: unknown key"),
-    (lambda d: d.update(scheduler={"type": "pbt"}), "scheduler.type: 'pbt' is not allowed"),
-    (lambda d: d.update(trial={"pool": "gpu"}), "trial.pool: 'gpu' is not allowed"),
-    (lambda d: d.update(trial={"pool": "local", "local_cpus": 0}), "trial.local_cpus: 0 must be > 0"),
-    (lambda d: d.update(spaces={}), "<sweep>.spaces: unknown key"),
-    (lambda d: d.pop("base"), "base: missing"),
-    (lambda d: d.update(base="configs/no-such-preset.yaml"), "base: preset 'configs/no-such-preset.yaml' not found"),
-    (lambda d: d["base"]["fed"].update(mu=0.0), "space.fed.strategy: value 'fedprox' is not valid for the base "
-                                                "config: fed.mu: 0.0 with strategy 'fedprox'"),
-    (lambda d: d.update(search={"points_to_evaluate": [{"lora.shared_rank": 2}]}),
-     "search.points_to_evaluate[0].privacy.noise_multiplier: missing"),
-    (lambda d: d.update(search={"points_to_evaluate": [{"lora.shared_rank": 0, "privacy.noise_multiplier": 1.0,
-                                                        "train.lambda_tdc": 0.1, "fed.strategy": "isfa"}]}),
-     "search.points_to_evaluate[0]: lora.shared_rank: 0 is out of range"),
-    (lambda d: d.update(name="a/b"), "name: expected a non-empty directory name"),
-])
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (
+            lambda d: d["space"].update(
+                {"privacy.noise_multiplyer": {"type": "uniform", "low": 0, "high": 1}}
+            ),
+            "space.privacy.noise_multiplyer: value 0.0 is not valid for the base config: privacy.noise_multiplyer: "
+            "unknown key",
+        ),
+        (
+            lambda d: d["space"].update({"lora.shared_rank": {"type": "choice", "values": [2, 0]}}),
+            "space.lora.shared_rank: value 0 is not valid for the base config: lora.shared_rank: 0 is out of range",
+        ),
+        (
+            lambda d: d["space"].update({"fed.strategy": {"type": "choice", "values": ["isfa", "fedsgd"]}}),
+            "space.fed.strategy: value 'fedsgd' is not valid",
+        ),
+        (
+            lambda d: d["space"].update({"train.lambda_tdc": {"type": "loguniform", "low": 0.0, "high": 1}}),
+            "space.train.lambda_tdc.low: 0.0 must be > 0",
+        ),
+        (
+            lambda d: d["space"].update({"train.lambda_tdc": {"type": "uniform", "low": 0.5, "high": 0.1}}),
+            "space.train.lambda_tdc: high 0.1 must be greater than low 0.5",
+        ),
+        (
+            lambda d: d["space"].update({"train.lambda_tdc": {"type": "normal", "low": 0, "high": 1}}),
+            "space.train.lambda_tdc.type: 'normal' is not allowed",
+        ),
+        (
+            lambda d: d["space"].update({"train.lambda_tdc": {"type": "uniform", "low": 0}}),
+            "space.train.lambda_tdc.high: missing",
+        ),
+        (
+            lambda d: d["space"].update({"train.local_steps": {"type": "int", "low": 1.5, "high": 3}}),
+            "space.train.local_steps.low: expected an integer",
+        ),
+        (
+            lambda d: d["space"].update({"lora.shared_rank": {"type": "choice", "values": []}}),
+            "space.lora.shared_rank.values: expected a non-empty list",
+        ),
+        (
+            lambda d: d["space"].update({"lora.shared_rank": {"type": "choice", "vals": [2]}}),
+            "space.lora.shared_rank.vals: unknown key",
+        ),
+        (
+            lambda d: d.update(overrides={"lora.shared_rank": 2}),
+            "space.lora.shared_rank: also set in overrides",
+        ),
+        (lambda d: d.update(overrides={"fed.roundz": 2}), "overrides: fed.roundz: unknown key"),
+        (
+            lambda d: d.update(objectives=[{"metric": "fid", "mode": "min"}]),
+            "objectives[0].metric: 'fid' is not",
+        ),
+        (
+            lambda d: d.update(objectives=[{"metric": "psnr", "mode": "up"}]),
+            "objectives[0].mode: 'up' is not",
+        ),
+        (lambda d: d.update(objectives=[]), "objectives: expected a list of one or two"),
+        (lambda d: d.update(search={"num_samples": 0}), "search.num_samples: 0 must be > 0"),
+        (lambda d: d.update(search={"max_concurent": 2}), "search.max_concurent: unknown key"),
+        (lambda d: d.update(scheduler={"type": "pbt"}), "scheduler.type: 'pbt' is not allowed"),
+        (lambda d: d.update(trial={"pool": "gpu"}), "trial.pool: 'gpu' is not allowed"),
+        (lambda d: d.update(trial={"pool": "local", "local_cpus": 0}), "trial.local_cpus: 0 must be > 0"),
+        (lambda d: d.update(spaces={}), "<sweep>.spaces: unknown key"),
+        (lambda d: d.pop("base"), "base: missing"),
+        (
+            lambda d: d.update(base="configs/no-such-preset.yaml"),
+            "base: preset 'configs/no-such-preset.yaml' not found",
+        ),
+        (
+            lambda d: d["base"]["fed"].update(mu=0.0),
+            "space.fed.strategy: value 'fedprox' is not valid for the base "
+            "config: fed.mu: 0.0 with strategy 'fedprox'",
+        ),
+        (
+            lambda d: d.update(search={"points_to_evaluate": [{"lora.shared_rank": 2}]}),
+            "search.points_to_evaluate[0].privacy.noise_multiplier: missing",
+        ),
+        (
+            lambda d: d.update(
+                search={
+                    "points_to_evaluate": [
+                        {
+                            "lora.shared_rank": 0,
+                            "privacy.noise_multiplier": 1.0,
+                            "train.lambda_tdc": 0.1,
+                            "fed.strategy": "isfa",
+                        }
+                    ]
+                }
+            ),
+            "search.points_to_evaluate[0]: lora.shared_rank: 0 is out of range",
+        ),
+        (lambda d: d.update(name="a/b"), "name: expected a non-empty directory name"),
+        (
+            lambda d: d["space"].update({"runtime.tiers": {"type": "choice", "values": [[]]}}),
+            "space.runtime.tiers: runtime.tiers cannot be searched",
+        ),
+    ],
+)
 def test_sweep_validation_names_the_key(mutate, message):
     d = sweep_dict()
     mutate(d)
@@ -137,30 +211,70 @@ def test_shipped_sweeps_validate():
     if not (REPO / raw["base"]).exists():  # the preset is another area's file: validate against the defaults
         raw["base"] = {}
     spec = sweep_from_dict(raw, source=REPO / "sweeps" / "privfedtalk.yaml", cwd=REPO)
-    assert {p.key for p in spec.space} == {"privacy.noise_multiplier", "lora.shared_rank", "train.lambda_tdc",
-                                            "fed.strategy"}
+    assert {p.key for p in spec.space} == {
+        "privacy.noise_multiplier",
+        "lora.shared_rank",
+        "train.lambda_tdc",
+        "fed.strategy",
+    }
     assert spec.scheduler.type == "asha" and len(spec.objectives) == 2
+
+
+def test_searcher_and_scheduler():
+    multi = build_searcher(sweep_from_dict(sweep_dict()))
+    assert multi.max_concurrent == 2
+    assert multi.searcher.metric == ["psnr", "epsilon"] and multi.searcher.mode == ["max", "min"]
+    single = build_searcher(sweep_from_dict(sweep_dict(objectives=[{"metric": "val_loss", "mode": "min"}])))
+    assert single.searcher.metric == "val_loss" and single.searcher.mode == "min"
+    assert build_scheduler(sweep_from_dict(sweep_dict())) is None
+    d = sweep_dict(scheduler={"type": "asha", "grace_period": 2, "reduction_factor": 3})
+    d["base"]["fed"]["rounds"] = 9
+    asha = build_scheduler(sweep_from_dict(d))
+    assert asha._time_attr == "server_round" and asha._metric == "val_loss" and asha._mode == "min"
+    assert asha._max_t == 9 and asha._reduction_factor == 3
+    assert [m for m, _ in asha._brackets[0]._rungs] == [6, 2]  # grace 2 * 3^k below max_t 9
 
 
 # ------------------------------------------------------------------------------------------ resources
 def test_trial_bundles_reserve_driver_and_every_worker():
     d = sweep_dict(trial={"pool": "ray", "driver_cpus": 0.5})
-    d["base"]["runtime"] = {"tiers": [
-        {"name": "l4", "num_workers": 2, "num_cpus": 2, "num_gpus": 0.5, "resources": {"accelerator_type:L4": 0.001}},
-        {"name": "a100", "num_workers": 1, "num_cpus": 4, "num_gpus": 1}]}
+    d["base"]["runtime"] = {
+        "tiers": [
+            {
+                "name": "l4",
+                "num_workers": 2,
+                "num_cpus": 2,
+                "num_gpus": 0.5,
+                "resources": {"accelerator_type:L4": 0.001},
+            },
+            {"name": "a100", "num_workers": 1, "num_cpus": 4, "num_gpus": 1},
+        ]
+    }
     assert trial_bundles(sweep_from_dict(d)) == [
         {"CPU": 0.5},
-        {"CPU": 2.0, "GPU": 0.5, "accelerator_type:L4": 0.001}, {"CPU": 2.0, "GPU": 0.5, "accelerator_type:L4": 0.001},
-        {"CPU": 4.0, "GPU": 1.0}]
-    assert trial_bundles(sweep_from_dict(sweep_dict(trial={"pool": "local", "local_cpus": 2, "local_gpus": 0.25}))) \
-        == [{"CPU": 2.0, "GPU": 0.25}]
+        {"CPU": 2.0, "GPU": 0.5, "accelerator_type:L4": 0.001},
+        {"CPU": 2.0, "GPU": 0.5, "accelerator_type:L4": 0.001},
+        {"CPU": 4.0, "GPU": 1.0},
+    ]
+    assert trial_bundles(
+        sweep_from_dict(sweep_dict(trial={"pool": "local", "local_cpus": 2, "local_gpus": 0.25}))
+    ) == [{"CPU": 2.0, "GPU": 0.25}]
 
 
 def test_round_reporter_carries_eval_metrics_and_reports_inf_epsilon_without_dp():
     got = []
     cfg = config_from_dict(TINY_BASE)  # noise_multiplier 0: no DP
     rep = RoundReporter(cfg, "/r", got.append)
-    rep({"server_round": 1, "train_loss": 1.0, "val_loss": 0.5, "epsilon": math.nan, "status": "ok", "psnr": 9.5})
+    rep(
+        {
+            "server_round": 1,
+            "train_loss": 1.0,
+            "val_loss": 0.5,
+            "epsilon": math.nan,
+            "status": "ok",
+            "psnr": 9.5,
+        }
+    )
     rep({"server_round": 2, "train_loss": 0.9, "val_loss": 0.4, "epsilon": math.nan, "status": "ok"})
     assert [g["server_round"] for g in got] == [1, 2]
     assert got[1]["psnr"] == 9.5 and math.isnan(got[1]["ssim"])  # carried forward / not yet measured
@@ -171,11 +285,13 @@ def test_round_reporter_carries_eval_metrics_and_reports_inf_epsilon_without_dp(
 
 # ------------------------------------------------------------------------------------------ pareto front
 def test_pareto_front_hand_made():
-    df = pd.DataFrame({
-        "trial": list("abcdefg"),
-        "psnr": [20.0, 18.0, 22.0, 19.0, 22.0, np.nan, 25.0],
-        "epsilon": [2.0, 1.0, 4.0, 3.0, 5.0, 0.5, math.inf],
-    })
+    df = pd.DataFrame(
+        {
+            "trial": list("abcdefg"),
+            "psnr": [20.0, 18.0, 22.0, 19.0, 22.0, np.nan, 25.0],
+            "epsilon": [2.0, 1.0, 4.0, 3.0, 5.0, 0.5, math.inf],
+        }
+    )
     front = pareto_front(df, maximize=["psnr"], minimize=["epsilon"])
     # d is dominated by a (19<20, 3>2); e by c (same psnr, larger eps); f has NaN; g (no DP) is best in psnr
     assert list(front["trial"]) == ["g", "c", "a", "b"]
@@ -218,15 +334,20 @@ def test_cluster_yaml_passes_ray_schema_and_a_typo_fails():
     validate_config(prepare_config(copy.deepcopy(cfg)))  # what `ray up` validates: defaults filled in
     types = cfg["available_node_types"]
     gpu_types = {k: v for k, v in types.items() if v["resources"].get("GPU", 0) > 0}
-    assert len(gpu_types) >= 2 and cfg["head_node_type"] in types and "GPU" not in types[cfg["head_node_type"]][
-        "resources"]
+    assert (
+        len(gpu_types) >= 2
+        and cfg["head_node_type"] in types
+        and "GPU" not in types[cfg["head_node_type"]]["resources"]
+    )
     assert len({v["resources"]["GPU"] for v in gpu_types.values()}) >= 2  # GPU nodes of different sizes
     accel = [r for v in gpu_types.values() for r in v["resources"] if r.startswith("accelerator_type:")]
     assert len(set(accel)) == len(gpu_types)
     assert any("scripts/install.sh" in c for c in cfg["setup_commands"])
-    for where, good, typo in [((), "idle_timeout_minutes", "idle_timout_minutes"),
-                              (("available_node_types", "gpu_a10g_1x"), "min_workers", "min_worker"),
-                              ((), "setup_commands", "setup_comands")]:
+    for where, good, typo in [
+        ((), "idle_timeout_minutes", "idle_timout_minutes"),
+        (("available_node_types", "gpu_a10g_1x"), "min_workers", "min_worker"),
+        ((), "setup_commands", "setup_comands"),
+    ]:
         bad = copy.deepcopy(cfg)
         node = bad
         for k in where:
@@ -234,3 +355,16 @@ def test_cluster_yaml_passes_ray_schema_and_a_typo_fails():
         node[typo] = node.pop(good)  # a typo'd key: the right value under a wrong name
         with pytest.raises(jsonschema.ValidationError, match=typo):
             validate_config(bad)
+
+
+def test_entry_point_exits_2_with_the_key_on_a_bad_sweep(tmp_path: Path, capsys):
+    from pftray.tune import main
+
+    d = sweep_dict()
+    d["space"]["fed.strategy"]["values"] = ["isfa", "fedsgd"]
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(d))
+    assert main([str(p)]) == 2  # validated before Ray starts
+    err = capsys.readouterr().err
+    assert err.startswith("pftray: error: ") and "space.fed.strategy: value 'fedsgd'" in err
+    assert main([str(tmp_path / "out-of-nowhere.yaml"), "--resume"]) == 2

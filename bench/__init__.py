@@ -1,0 +1,1 @@
+"""pftray benchmarks: scripts that print figures (never timed asserts)."""

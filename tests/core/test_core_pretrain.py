@@ -1,0 +1,46 @@
+import pytest
+import torch
+
+from pftray.model.generator import TalkingHeadModel
+from pftray.model.pretrain import pretrain
+from tests.tinycfg import tiny_config
+
+
+class Stop(Exception):
+    pass
+
+
+def test_pretrain_resumes_to_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    cfg = tiny_config(**{"pretrain.vae_steps": 3, "pretrain.unet_steps": 4, "pretrain.checkpoint_every": 2,
+                         "pretrain.batch_frames": 4, "pretrain.batch_clips": 2})
+    full = pretrain(cfg, tmp_path / "full.pt")
+    assert len(full["losses"]) == 0 and set(full["times"]) == {"vae", "unet"}
+
+    def crash(phase, step, total, loss):
+        if phase == "unet" and step == 3:
+            raise Stop  # killed after the step-2 checkpoint
+    with pytest.raises(Stop):
+        pretrain(cfg, tmp_path / "resumed.pt", progress=crash)
+    assert (tmp_path / "resumed.pt.partial").exists() and not (tmp_path / "resumed.pt").exists()
+    seen = []
+    pretrain(cfg, tmp_path / "resumed.pt", progress=lambda ph, st, tot, loss: seen.append((ph, st)))
+    assert seen == [("unet", 3), ("unet", 4)]  # it resumed, it did not start over
+    assert not (tmp_path / "resumed.pt.partial").exists()
+    a = torch.load(tmp_path / "full.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "resumed.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    for k in a:
+        # bit-exact up to oneDNN kernel-selection noise (~1e-8 relative) between a fresh and a warm process
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+    model = TalkingHeadModel(cfg.model, cfg.data)
+    model.load_backbone(tmp_path / "full.pt")
+    assert float(model.latent_scale) != 1.0  # latent statistics were fitted after the VAE stage
+
+
+def test_backbone_with_other_sizes_is_rejected_by_name(tmp_path):
+    cfg = tiny_config(**{"pretrain.vae_steps": 1, "pretrain.unet_steps": 1})
+    pretrain(cfg, tmp_path / "bb.pt")
+    other = tiny_config(**{"model.unet_channels": [16, 32]})
+    model = TalkingHeadModel(other.model, other.data)
+    with pytest.raises(ValueError, match="bb.pt: backbone tensor"):
+        model.load_backbone(tmp_path / "bb.pt")
