@@ -217,10 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
         q.set_defaults(fn=cmd_privacy)
 
     from pftray.evaluation import add_compare_parser, add_eval_parser, add_report_parser
+    from pftray.tune import add_sweep_parser
 
     add_eval_parser(sub)
     add_report_parser(sub)
     add_compare_parser(sub)
+    add_sweep_parser(sub)
 
     p = sub.add_parser("audit", help="membership-inference audit of a run (AUC, TPR@1%FPR, empirical epsilon)")
     p.add_argument("run_dir")

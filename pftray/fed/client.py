@@ -190,7 +190,8 @@ class ClientTrainer:
                 opt_id.step()
                 if opt_sh is not None:
                     opt_sh.step()
-                loss_v, diff_v, tdc_v = float(loss.detach()), float(out["diffusion"]), float(out["tdc"])
+                loss_v = float(loss.detach())
+                diff_v, tdc_v = float(out["diffusion"].detach()), float(out["tdc"].detach())
             losses.append(loss_v)
             diffs.append(diff_v)
             tdcs.append(tdc_v)

@@ -32,8 +32,10 @@ POSE_DIM = 4  # yaw, pitch, roll, blink
 
 
 def _groups(channels: tuple[int, ...]) -> int:
+    """GroupNorm groups with at least 4 channels each: with one channel per group (instance norm) the first
+    blocks of a narrow VAE lose every frame's global colour, which caps reconstruction quality."""
     g = 32
-    while any(c % g for c in channels):
+    while g > 1 and any(c % g or c // g < 4 for c in channels):
         g //= 2
     return g
 

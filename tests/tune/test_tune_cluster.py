@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -31,6 +32,7 @@ def test_sweep_workers_land_on_both_nodes(tmp_path: Path):
         wall = time.perf_counter() - t0
     finally:
         kill_procs(procs_with(str(tmp)))
+        shutil.rmtree(tmp, ignore_errors=True)  # Ray's session logs of this test
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")]
     assert res.returncode == 0 and lines, res.stdout[-3000:] + res.stderr[-3000:]
     print(f"cluster sweep {wall:.1f} s")

@@ -4,6 +4,7 @@ and ports, dashboard on for the Jobs API); the head is torn down by pid in a fin
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -91,6 +92,7 @@ def test_ray_job_submit_runs_the_sweep_entry_script(tmp_path: Path):
         assert "succeeded" in log and "sweep job: 1 trials (0 failed)" in log, log
     finally:
         kill_procs(procs_with(str(tmp)))
+        shutil.rmtree(tmp, ignore_errors=True)  # Ray's session logs of this test
     print(f"ray start {t_start:.1f} s, job {t_job:.1f} s")
     trials = pd.read_parquet(out / "job" / "trials.parquet")
     assert list(trials["status"]) == ["done"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -85,6 +86,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path: Path):
         t_resume = time.perf_counter() - t1
     finally:
         kill_procs(procs_with(str(tmp)))
+        shutil.rmtree(tmp, ignore_errors=True)  # Ray's session logs of this test
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     print(f"first run until kill {t_kill:.1f} s, resume {t_resume:.1f} s")
     trials = pd.read_parquet(exp / "trials.parquet")

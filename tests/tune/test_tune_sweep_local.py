@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -64,6 +65,7 @@ def sweep(tmp_path_factory):
         yield spec, exp, grid, wall
     finally:
         ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_sweep_results_one_row_per_trial(sweep):

@@ -207,10 +207,7 @@ def test_smoke_variant():
 
 def test_shipped_sweeps_validate():
     assert load_sweep_file(REPO / "sweeps" / "smoke.yaml").trial.pool == "local"
-    raw = yaml.safe_load((REPO / "sweeps" / "privfedtalk.yaml").read_text())
-    if not (REPO / raw["base"]).exists():  # the preset is another area's file: validate against the defaults
-        raw["base"] = {}
-    spec = sweep_from_dict(raw, source=REPO / "sweeps" / "privfedtalk.yaml", cwd=REPO)
+    spec = load_sweep_file(REPO / "sweeps" / "privfedtalk.yaml")
     assert {p.key for p in spec.space} == {
         "privacy.noise_multiplier",
         "lora.shared_rank",
@@ -218,6 +215,9 @@ def test_shipped_sweeps_validate():
         "fed.strategy",
     }
     assert spec.scheduler.type == "asha" and len(spec.objectives) == 2
+    bundles = trial_bundles(spec)
+    assert bundles[0] == {"CPU": 1.0} and len(bundles) == 7 and sum(b.get("GPU", 0) for b in bundles) == 2.0
+    assert trial_bundles(spec.smoke_test()) == [{"CPU": 1.0}, {"CPU": 1.0}]  # the smoke variant runs on CPU
 
 
 def test_searcher_and_scheduler():

@@ -1,0 +1,41 @@
+"""``python -m bench <name> [args]``: one entry point for pftray's benchmarks (see bench/README.md).
+
+    python -m bench overhead          # pftray vs Flower simulation: framework overhead per round
+    python -m bench comm              # bytes per client per round: shared adapter vs full UNet, SecAgg, fp16
+    python -m bench train             # local training throughput and peak memory (CPU; GPU when present)
+    python -m bench secagg-vs-flower  # pftray's SecAgg+ vs Flower's SecAgg+
+    python -m bench pretrain-quality  # backbone quality on unseen identities
+    python -m bench scale             # 10,000 registered clients vs 100
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHMARKS = {
+    "overhead": "bench.overhead",
+    "comm": "bench.comm",
+    "train": "bench.train",
+    "secagg-vs-flower": "bench.secagg_vs_flower",
+    "pretrain-quality": "bench.pretrain_quality",
+    "scale": "bench.scale",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in BENCHMARKS:
+        print(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(BENCHMARKS[name])
+    # bench.scale re-runs itself as `python -m bench.scale --one N` in subprocesses: it keeps working as is
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
