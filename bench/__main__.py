@@ -1,11 +1,11 @@
 """``python -m bench <name> [args]``: one entry point for pftray's benchmarks (see bench/README.md).
 
-    python -m bench overhead          # pftray vs Flower simulation: framework overhead per round
-    python -m bench comm              # bytes per client per round: shared adapter vs full UNet, SecAgg, fp16
-    python -m bench train             # local training throughput and peak memory (CPU; GPU when present)
-    python -m bench secagg-vs-flower  # pftray's SecAgg+ vs Flower's SecAgg+
-    python -m bench pretrain-quality  # backbone quality on unseen identities
-    python -m bench scale             # 10,000 registered clients vs 100
+python -m bench overhead          # pftray vs Flower simulation: framework overhead per round
+python -m bench comm              # bytes per client per round: shared adapter vs full UNet, SecAgg, fp16
+python -m bench train             # local training throughput and peak memory (CPU; GPU when present)
+python -m bench secagg-vs-flower  # pftray's SecAgg+ vs Flower's SecAgg+
+python -m bench pretrain-quality  # backbone quality on unseen identities
+python -m bench scale             # 10,000 registered clients vs 100
 """
 
 from __future__ import annotations

@@ -43,19 +43,30 @@ def ensure_flower_venv(venv: str = DEFAULT_VENV) -> str:
     return str(Path(venv) / "bin" / "python")
 
 
-def run_in_flower_venv(args: list[str], *, python: str, env: dict[str, str] | None = None,
-                       timeout: float = 900.0) -> dict[str, Any]:
+def run_in_flower_venv(
+    args: list[str], *, python: str, env: dict[str, str] | None = None, timeout: float = 900.0
+) -> dict[str, Any]:
     """Run ``python -m bench.flower_side *args`` in Flower's venv; return the JSON of its ``RESULT`` line."""
     full_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     full_env.update(env or {})
-    full_env["RAY_AUTH_MODE"] = "disabled"  # Ray >= 2.5x refuses a local cluster without it unless tokens are set
-    proc = subprocess.run([python, "-m", "bench.flower_side", *args], cwd=REPO, env=full_env, capture_output=True,
-                          text=True, timeout=timeout)
+    full_env["RAY_AUTH_MODE"] = (
+        "disabled"  # Ray >= 2.5x refuses a local cluster without it unless tokens are set
+    )
+    proc = subprocess.run(
+        [python, "-m", "bench.flower_side", *args],
+        cwd=REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    raise RuntimeError(f"Flower side {args[0]} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n"
-                       f"{proc.stderr[-3000:]}")
+            return json.loads(line[len("RESULT ") :])
+    raise RuntimeError(
+        f"Flower side {args[0]} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n"
+        f"{proc.stderr[-3000:]}"
+    )
 
 
 # -------------------------------------------------------------------------------------- overhead (Flower)
@@ -63,7 +74,9 @@ _TIMES: dict[str, dict[int, float]] = {"start": {}, "end": {}, "compute": {}, "c
 _FINAL: dict[str, Any] = {}
 
 
-def flower_overhead(*, clients: int, iters: int, d: int, rounds: int, workers: int, temp_dir: str) -> dict[str, Any]:
+def flower_overhead(
+    *, clients: int, iters: int, d: int, rounds: int, workers: int, temp_dir: str
+) -> dict[str, Any]:
     """``rounds + 1`` rounds of Flower's simulation engine over the synthetic workload."""
     import flwr
     import ray
@@ -103,16 +116,31 @@ def flower_overhead(*, clients: int, iters: int, d: int, rounds: int, workers: i
             return out
 
     def server_fn(context: Context):
-        strategy = TimedFedAvg(fraction_fit=1.0, min_fit_clients=clients, min_available_clients=clients,
-                               fraction_evaluate=0.0, min_evaluate_clients=0, accept_failures=False,
-                               initial_parameters=ndarrays_to_parameters([np.zeros(d, np.float32)]))
+        strategy = TimedFedAvg(
+            fraction_fit=1.0,
+            min_fit_clients=clients,
+            min_available_clients=clients,
+            fraction_evaluate=0.0,
+            min_evaluate_clients=0,
+            accept_failures=False,
+            initial_parameters=ndarrays_to_parameters([np.zeros(d, np.float32)]),
+        )
         return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=rounds + 1))
 
-    run_simulation(server_app=ServerApp(server_fn=server_fn), client_app=ClientApp(client_fn=client_fn),
-                   num_supernodes=clients,
-                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                   "init_args": {"num_cpus": workers, "_temp_dir": temp_dir,
-                                                 "include_dashboard": False, "log_to_driver": False}})
+    run_simulation(
+        server_app=ServerApp(server_fn=server_fn),
+        client_app=ClientApp(client_fn=client_fn),
+        num_supernodes=clients,
+        backend_config={
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {
+                "num_cpus": workers,
+                "_temp_dir": temp_dir,
+                "include_dashboard": False,
+                "log_to_driver": False,
+            },
+        },
+    )
     n_rounds = rounds + 1
     if sorted(_TIMES["end"]) != list(range(1, n_rounds + 1)):
         raise RuntimeError(f"Flower completed rounds {sorted(_TIMES['end'])}, expected 1..{n_rounds}")
@@ -120,9 +148,14 @@ def flower_overhead(*, clients: int, iters: int, d: int, rounds: int, workers: i
     round_s = [ends[0] - _TIMES["start"][1]] + [b - a for a, b in zip(ends, ends[1:])]
     final = parameters_to_ndarrays(_FINAL["params"])[0]
     expect = n_rounds * expected_fedavg(list(range(clients)))
-    return {"round_s": round_s, "compute_s": [_TIMES["compute"][r] for r in range(1, n_rounds + 1)],
-            "compute_cpu_s": [_TIMES["compute_cpu"][r] for r in range(1, n_rounds + 1)],
-            "max_abs_error": float(np.max(np.abs(final - expect))), "flwr": flwr.__version__, "ray": ray.__version__}
+    return {
+        "round_s": round_s,
+        "compute_s": [_TIMES["compute"][r] for r in range(1, n_rounds + 1)],
+        "compute_cpu_s": [_TIMES["compute_cpu"][r] for r in range(1, n_rounds + 1)],
+        "max_abs_error": float(np.max(np.abs(final - expect))),
+        "flwr": flwr.__version__,
+        "ray": ray.__version__,
+    }
 
 
 # ---------------------------------------------------------------------------------------- SecAgg+ (Flower)
@@ -135,8 +168,9 @@ def _payload_bytes(record) -> int:
     return total
 
 
-def flower_secagg(*, n: int, d: int, num_shares: int, threshold: int, reps: int = 1,
-                  seed: int = 0) -> dict[str, Any]:
+def flower_secagg(
+    *, n: int, d: int, num_shares: int, threshold: int, reps: int = 1, seed: int = 0
+) -> dict[str, Any]:
     """One round (per rep) of Flower's SecAgg+ over ``n`` uniform(-1, 1) vectors of length ``d``, in process."""
     import flwr
     import flwr.compat.common.recorddict_compat as compat
@@ -169,8 +203,10 @@ def flower_secagg(*, n: int, d: int, num_shares: int, threshold: int, reps: int 
         """``send_and_receive`` hands each message to its node's ``secaggplus_mod`` in this process."""
 
         def __init__(self):
-            self.contexts = {nid: Context(run_id=0, node_id=nid, node_config={}, state=RecordDict(), run_config={})
-                             for nid in vectors}
+            self.contexts = {
+                nid: Context(run_id=0, node_id=nid, node_config={}, state=RecordDict(), run_config={})
+                for nid in vectors
+            }
             self.client_s = dict.fromkeys(vectors, 0.0)
             self.up = dict.fromkeys(vectors, 0)
             self.down = dict.fromkeys(vectors, 0)
@@ -210,8 +246,11 @@ def flower_secagg(*, n: int, d: int, num_shares: int, threshold: int, reps: int 
         ctx = LegacyContext(base, config=ServerConfig(num_rounds=1), strategy=strategy, client_manager=cm)
         ctx.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({"current_round": 1})
         ctx.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
-            ndarrays_to_parameters([np.zeros(d, np.float32)]), True)
-        workflow = SecAggPlusWorkflow(num_shares=num_shares, reconstruction_threshold=threshold, clipping_range=1.0)
+            ndarrays_to_parameters([np.zeros(d, np.float32)]), True
+        )
+        workflow = SecAggPlusWorkflow(
+            num_shares=num_shares, reconstruction_threshold=threshold, clipping_range=1.0
+        )
         grid = DirectGrid()
         t0 = time.perf_counter()
         workflow(grid, ctx)
@@ -225,11 +264,21 @@ def flower_secagg(*, n: int, d: int, num_shares: int, threshold: int, reps: int 
         driver_s.append(total - sum(grid.client_s.values()) - grid.transport_s)
         up.append(float(np.mean(list(grid.up.values()))))
         down.append(float(np.mean(list(grid.down.values()))))
-    return {"framework": "flower", "flwr": flwr.__version__, "n": n, "d": d, "num_shares": num_shares,
-            "degree": num_shares - 1, "threshold": threshold, "client_seconds": float(np.mean(client_s)),
-            "server_seconds": float(np.mean(driver_s)), "bytes_per_client": float(np.mean(up)),
-            "bytes_down_per_client": float(np.mean(down)), "expansion": float(np.mean(up)) / (4.0 * d),
-            "max_abs_error_of_mean": max(errs)}
+    return {
+        "framework": "flower",
+        "flwr": flwr.__version__,
+        "n": n,
+        "d": d,
+        "num_shares": num_shares,
+        "degree": num_shares - 1,
+        "threshold": threshold,
+        "client_seconds": float(np.mean(client_s)),
+        "server_seconds": float(np.mean(driver_s)),
+        "bytes_per_client": float(np.mean(up)),
+        "bytes_down_per_client": float(np.mean(down)),
+        "expansion": float(np.mean(up)) / (4.0 * d),
+        "max_abs_error_of_mean": max(errs),
+    }
 
 
 def main(argv=None) -> int:
@@ -250,11 +299,18 @@ def main(argv=None) -> int:
     s.add_argument("--reps", type=int, default=1)
     args = ap.parse_args(argv)
     if args.command == "overhead":
-        res = flower_overhead(clients=args.clients, iters=args.iters, d=args.d, rounds=args.rounds,
-                              workers=args.workers, temp_dir=args.temp_dir)
+        res = flower_overhead(
+            clients=args.clients,
+            iters=args.iters,
+            d=args.d,
+            rounds=args.rounds,
+            workers=args.workers,
+            temp_dir=args.temp_dir,
+        )
     else:
-        res = flower_secagg(n=args.n, d=args.d, num_shares=args.num_shares, threshold=args.threshold,
-                            reps=args.reps)
+        res = flower_secagg(
+            n=args.n, d=args.d, num_shares=args.num_shares, threshold=args.threshold, reps=args.reps
+        )
     print("RESULT " + json.dumps(res), flush=True)
     return 0
 

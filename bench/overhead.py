@@ -51,24 +51,41 @@ class SyntheticHost:
         self.iters, self.worker = iters, worker
         self.pending: dict[int, np.ndarray] = {}
 
-    def fit(self, client_ids: list[int], global_shared: np.ndarray, server_round: int,
-            round_cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    def fit(
+        self, client_ids: list[int], global_shared: np.ndarray, server_round: int, round_cfg: dict[str, Any]
+    ) -> list[dict[str, Any]]:
         self.pending.clear()
         reports = []
         for cid in client_ids:
             t0 = time.perf_counter()
             delta, wall, cpu = client_update(cid, global_shared, self.iters)
             self.pending[cid] = delta
-            reports.append({"client_id": cid, "status": "ok", "message": "", "num_examples": 1, "loss": 0.0,
-                            "val_loss": 0.0, "id_sim": 1.0, "temp_stab": 1.0,
-                            "update_norm": float(np.linalg.norm(delta)), "worker": self.worker,
-                            "compute_s": wall, "compute_cpu_s": cpu, "fit_s": time.perf_counter() - t0})
+            reports.append(
+                {
+                    "client_id": cid,
+                    "status": "ok",
+                    "message": "",
+                    "num_examples": 1,
+                    "loss": 0.0,
+                    "val_loss": 0.0,
+                    "id_sim": 1.0,
+                    "temp_stab": 1.0,
+                    "update_norm": float(np.linalg.norm(delta)),
+                    "worker": self.worker,
+                    "compute_s": wall,
+                    "compute_cpu_s": cpu,
+                    "fit_s": time.perf_counter() - t0,
+                }
+            )
         return reports
 
-    def contribute(self, scales: dict[int, float], *, clipping_norm: float = 0.0, noise_std: float = 0.0,
-                   seed: int = 0) -> tuple[np.ndarray, dict[int, dict[str, Any]]]:
+    def contribute(
+        self, scales: dict[int, float], *, clipping_norm: float = 0.0, noise_std: float = 0.0, seed: int = 0
+    ) -> tuple[np.ndarray, dict[int, dict[str, Any]]]:
         if clipping_norm > 0 or noise_std > 0:
-            raise ValueError("SyntheticHost: the overhead benchmark runs without DP (clipping_norm = noise_std = 0)")
+            raise ValueError(
+                "SyntheticHost: the overhead benchmark runs without DP (clipping_norm = noise_std = 0)"
+            )
         total, info = None, {}
         for cid, scale in scales.items():
             v = self.pending[cid] * np.float32(scale)
@@ -80,15 +97,19 @@ class SyntheticHost:
     def secagg_stage(self, stage: str, messages: dict[int, Any], **kw: Any) -> dict[int, Any]:
         raise ValueError("SyntheticHost: the overhead benchmark runs without secure aggregation")
 
-    def evaluate(self, client_ids: list[int], global_shared: np.ndarray, server_round: int,
-                 **kw: Any) -> list[dict[str, Any]]:
+    def evaluate(
+        self, client_ids: list[int], global_shared: np.ndarray, server_round: int, **kw: Any
+    ) -> list[dict[str, Any]]:
         return []
 
     def ping(self) -> dict[str, Any]:
         import resource
 
-        return {"worker": self.worker, "pid": os.getpid(),
-                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        return {
+            "worker": self.worker,
+            "pid": os.getpid(),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
 
 
 def _synthetic_worker_class():
@@ -128,19 +149,21 @@ def synthetic_pool_class():
     class SyntheticRayPool(RayPool):
         def __init__(self, cfg, run_dir: str, *, iters: int):
             self.iters = iters
-            self.last_compute_s = 0.0
+            self.last_compute_s = self.last_compute_cpu_s = 0.0
             super().__init__(cfg, run_dir)
 
         def fit(self, ids, global_shared, server_round, round_cfg):
             reports = super().fit(ids, global_shared, server_round, round_cfg)
             # the busy loop's own wall time, summed over the round's clients (what Flower's clients report too)
             self.last_compute_s = float(sum(rep["compute_s"] for rep in reports))
+            self.last_compute_cpu_s = float(sum(rep["compute_cpu_s"] for rep in reports))
             return reports
 
         def _spawn(self, ti: int, wi: int):
             tier = self.tiers[ti]
             return worker_cls.options(num_cpus=tier.num_cpus, num_gpus=tier.num_gpus, max_restarts=0).remote(
-                self.iters, f"{tier.name}-{wi}")
+                self.iters, f"{tier.name}-{wi}"
+            )
 
     return SyntheticRayPool
 
@@ -150,48 +173,72 @@ def bench_config(*, clients: int, workers: int, rounds: int):
     evaluation off, the default per-round checkpoint and parquet tables kept (they are part of the round)."""
     from pftray.config import config_from_dict
 
-    return config_from_dict({
-        "experiment": {"name": "overhead", "seed": 0},
-        "data": {"num_clients": clients},
-        "fed": {"strategy": "fedavg", "rounds": rounds + 1, "clients_per_round": clients, "eval_every": 0,
-                "eval_clients": 1, "min_clients": 1},
-        "runtime": {"tiers": [{"name": "cpu", "num_workers": workers, "num_cpus": 1}]},
-    })
+    return config_from_dict(
+        {
+            "experiment": {"name": "overhead", "seed": 0},
+            "data": {"num_clients": clients},
+            "fed": {
+                "strategy": "fedavg",
+                "rounds": rounds + 1,
+                "clients_per_round": clients,
+                "eval_every": 0,
+                "eval_clients": 1,
+                "min_clients": 1,
+            },
+            "runtime": {"tiers": [{"name": "cpu", "num_workers": workers, "num_cpus": 1}]},
+        }
+    )
 
 
-def summarise(round_s: list[float], compute_s: list[float], *, workers: int) -> dict[str, Any]:
-    """Median round time and overhead over the rounds after the first (warm-up: actor start, imports)."""
-    if len(round_s) != len(compute_s) or len(round_s) < 2:
-        raise ValueError(f"summarise: need >= 2 rounds with compute times, got {len(round_s)}/{len(compute_s)}")
-    steady = list(zip(round_s[1:], compute_s[1:]))
-    over = [r - c / workers for r, c in steady]
-    rs = statistics.median(r for r, _ in steady)
-    ov = statistics.median(over)
-    return {"round_s": rs, "compute_s": statistics.median(c for _, c in steady), "overhead_s": ov,
-            "overhead_share": ov / rs if rs > 0 else float("nan"), "rounds_s": round_s, "rounds_compute_s": compute_s,
-            "first_round_s": round_s[0]}
+def summarise(
+    round_s: list[float], compute_s: list[float], compute_cpu_s: list[float], *, workers: int
+) -> dict[str, Any]:
+    """Median round time and overhead over the rounds after the first (warm-up: actor start, imports).
+
+    ``overhead_s = round - compute / workers`` with ``compute`` the busy loops' wall seconds summed over the
+    round's clients (a core shared with other processes slows the client, not the framework);
+    ``overhead_cpu_s`` is the same with the loops' CPU seconds (it also charges the framework for any CPU it
+    takes from the clients, and for everything else that ran on the machine)."""
+    if not (len(round_s) == len(compute_s) == len(compute_cpu_s)) or len(round_s) < 2:
+        raise ValueError(
+            f"summarise: need >= 2 rounds with compute times, got {len(round_s)}/{len(compute_s)}/"
+            f"{len(compute_cpu_s)}"
+        )
+    steady = list(zip(round_s[1:], compute_s[1:], compute_cpu_s[1:]))
+    rs = statistics.median(r for r, _, _ in steady)
+    ov = statistics.median(r - c / workers for r, c, _ in steady)
+    ov_cpu = statistics.median(r - c / workers for r, _, c in steady)
+    return {
+        "round_s": rs,
+        "compute_s": statistics.median(c for _, c, _ in steady),
+        "compute_cpu_s": statistics.median(c for _, _, c in steady),
+        "overhead_s": ov,
+        "overhead_share": ov / rs if rs > 0 else float("nan"),
+        "overhead_cpu_s": ov_cpu,
+        "overhead_cpu_share": ov_cpu / rs if rs > 0 else float("nan"),
+        "rounds_s": round_s,
+        "rounds_compute_s": compute_s,
+        "rounds_compute_cpu_s": compute_cpu_s,
+        "first_round_s": round_s[0],
+    }
 
 
-def run_pftray(*, clients: int, iters: int, d: int, rounds: int, workers: int, temp_dir: str) -> dict[str, Any]:
-    """``rounds + 1`` rounds of the pftray server over a :class:`SyntheticRayPool`; a fresh Ray per call."""
-    import ray
-
+def pftray_rounds(*, clients: int, iters: int, d: int, rounds: int, workers: int) -> dict[str, Any]:
+    """``rounds + 1`` rounds of the pftray server over a :class:`SyntheticRayPool` on the running Ray instance;
+    checks the aggregate against the closed form of :func:`bench.workload.expected_fedavg`."""
     from pftray.fed.server import FederatedServer
     from pftray.results import RunDir
     from pftray.runtime.driver import prepare_run
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     cfg = bench_config(clients=clients, workers=workers, rounds=rounds)
     tmp = Path(tempfile.mkdtemp(prefix="pftray-overhead-"))
     run = RunDir(tmp / "run")
     prepare_run(cfg, run)
-    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, _temp_dir=temp_dir,
-             runtime_env={"env_vars": ONE_THREAD})
+    pool = synthetic_pool_class()(cfg, str(run.path), iters=iters)
     try:
-        pool = synthetic_pool_class()(cfg, str(run.path), iters=iters)
-        ray.get([w.ping.remote() for w in pool.workers.values()])  # actors up before the clock starts
+        pool.placement()  # actors up before the clock starts
         server = FederatedServer(cfg, run, pool, np.zeros(d, np.float32), num_registered=clients)
-        round_s, compute_s = [], []
+        round_s, compute_s, compute_cpu_s = [], [], []
         expect = np.zeros(d, np.float64)
         for r in range(1, rounds + 2):
             t0 = time.perf_counter()
@@ -200,29 +247,81 @@ def run_pftray(*, clients: int, iters: int, d: int, rounds: int, workers: int, t
             if row["status"] != "ok":
                 raise RuntimeError(f"pftray round {r} failed: {row.get('message')}")
             compute_s.append(pool.last_compute_s)
+            compute_cpu_s.append(pool.last_compute_cpu_s)
             expect += expected_fedavg(list(range(clients)))
         err = float(np.max(np.abs(server.state.global_shared - expect)))
         if err > 1e-4:
             raise RuntimeError(f"pftray aggregated the wrong vector (max error {err:.3g})")
+    finally:
         pool.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {
+        "framework": "pftray",
+        "clients": clients,
+        "iters": iters,
+        "d": d,
+        "workers": workers,
+        "max_abs_error": err,
+        **summarise(round_s, compute_s, compute_cpu_s, workers=workers),
+    }
+
+
+def run_pftray(
+    *, clients: int, iters: int, d: int, rounds: int, workers: int, temp_dir: str
+) -> dict[str, Any]:
+    """:func:`pftray_rounds` on a fresh local Ray of ``workers`` CPUs (its own ``temp_dir``)."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # Ray 2.5x: no token auth for a local instance
+    ray.init(
+        num_cpus=workers,
+        include_dashboard=False,
+        log_to_driver=False,
+        _temp_dir=temp_dir,
+        runtime_env={"env_vars": ONE_THREAD},
+    )
+    try:
+        return pftray_rounds(clients=clients, iters=iters, d=d, rounds=rounds, workers=workers)
     finally:
         ray.shutdown()
-        shutil.rmtree(tmp, ignore_errors=True)
-    return {"framework": "pftray", "clients": clients, "iters": iters, "d": d, "workers": workers,
-            "max_abs_error": err, **summarise(round_s, compute_s, workers=workers)}
 
 
-def run_flower(*, clients: int, iters: int, d: int, rounds: int, workers: int, temp_dir: str,
-               python: str) -> dict[str, Any]:
+def run_flower(
+    *, clients: int, iters: int, d: int, rounds: int, workers: int, temp_dir: str, python: str
+) -> dict[str, Any]:
     """Flower's side in its own venv (a subprocess printing one JSON line)."""
     from bench.flower_side import run_in_flower_venv
 
-    out = run_in_flower_venv(["overhead", "--clients", str(clients), "--iters", str(iters), "--d", str(d),
-                              "--rounds", str(rounds), "--workers", str(workers), "--temp-dir", temp_dir],
-                             python=python, env=ONE_THREAD)
-    return {"framework": "flower", "clients": clients, "iters": iters, "d": d, "workers": workers,
-            "max_abs_error": out["max_abs_error"], "flwr": out["flwr"], "ray": out["ray"],
-            **summarise(out["round_s"], out["compute_s"], workers=workers)}
+    out = run_in_flower_venv(
+        [
+            "overhead",
+            "--clients",
+            str(clients),
+            "--iters",
+            str(iters),
+            "--d",
+            str(d),
+            "--rounds",
+            str(rounds),
+            "--workers",
+            str(workers),
+            "--temp-dir",
+            temp_dir,
+        ],
+        python=python,
+        env=ONE_THREAD,
+    )
+    return {
+        "framework": "flower",
+        "clients": clients,
+        "iters": iters,
+        "d": d,
+        "workers": workers,
+        "max_abs_error": out["max_abs_error"],
+        "flwr": out["flwr"],
+        "ray": out["ray"],
+        **summarise(out["round_s"], out["compute_s"], out["compute_cpu_s"], workers=workers),
+    }
 
 
 def main(argv=None) -> int:
@@ -235,6 +334,11 @@ def main(argv=None) -> int:
     ap.add_argument("--no-flower", action="store_true", help="pftray's side only")
     ap.add_argument("--flower-python", default="", help="python of Flower's venv (default: build/find it)")
     ap.add_argument("--json", default="bench/results/overhead.json")
+    ap.add_argument(
+        "--append",
+        action="store_true",
+        help="keep the runs of --json measured for other (framework, clients, work) settings",
+    )
     args = ap.parse_args(argv)
     os.environ.update(ONE_THREAD)
     python = ""
@@ -248,24 +352,51 @@ def main(argv=None) -> int:
         for n in args.clients:
             for side in ("pftray", "flower") if python else ("pftray",):
                 temp_dir = tempfile.mkdtemp(prefix=f"ray-{side[:2]}-", dir="/tmp")
-                kw = dict(clients=n, iters=iters, d=args.d, rounds=args.rounds, workers=args.workers,
-                          temp_dir=temp_dir)
+                kw = dict(
+                    clients=n,
+                    iters=iters,
+                    d=args.d,
+                    rounds=args.rounds,
+                    workers=args.workers,
+                    temp_dir=temp_dir,
+                )
                 try:
                     res = run_pftray(**kw) if side == "pftray" else run_flower(**kw, python=python)
                 finally:
                     shutil.rmtree(temp_dir, ignore_errors=True)
                 res["work_s"] = work
+                res["load_avg_1m"] = os.getloadavg()[0]  # the machine is shared: how busy it was
                 results.append(res)
-                print(f"{side:7s} clients {n:4d} work {work:3.1f}s  round {res['round_s']:7.3f}s  compute/worker "
-                      f"{res['compute_s'] / args.workers:7.3f}s  overhead {res['overhead_s']:7.3f}s "
-                      f"({100 * res['overhead_share']:5.1f}%)", flush=True)
+                print(
+                    f"{side:7s} clients {n:4d} work {work:3.1f}s  round {res['round_s']:7.3f}s  compute/worker "
+                    f"{res['compute_s'] / args.workers:7.3f}s  overhead {res['overhead_s']:7.3f}s "
+                    f"({100 * res['overhead_share']:5.1f}%)  on CPU-time basis {res['overhead_cpu_s']:7.3f}s "
+                    f"({100 * res['overhead_cpu_share']:5.1f}%)",
+                    flush=True,
+                )
+    if args.append and Path(args.json).exists():
+        done = {(r["framework"], r["clients"], r["work_s"]) for r in results}
+        old = json.loads(Path(args.json).read_text())["runs"]
+        results = [r for r in old if (r["framework"], r["clients"], r["work_s"]) not in done] + results
     table = comparison(results)
     for row in table:
-        print(f"clients {row['clients']:4d} work {row['work_s']:3.1f}s  overhead pftray/flower "
-              f"{row['overhead_ratio']:.3f}  round pftray/flower {row['round_ratio']:.3f}")
+        print(
+            f"clients {row['clients']:4d} work {row['work_s']:3.1f}s  overhead pftray/flower "
+            f"{row['overhead_ratio']:.3f}  round pftray/flower {row['round_ratio']:.3f}"
+        )
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"machine": machine(), "d": args.d, "workers": args.workers,
-                                           "runs": results, "comparison": table}, indent=2))
+    Path(args.json).write_text(
+        json.dumps(
+            {
+                "machine": machine(),
+                "d": args.d,
+                "workers": args.workers,
+                "runs": results,
+                "comparison": table,
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -277,11 +408,24 @@ def comparison(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         f = by.get(("flower", n, w))
         if fw != "pftray" or f is None:
             continue
-        rows.append({"clients": n, "work_s": w, "pftray_round_s": p["round_s"], "flower_round_s": f["round_s"],
-                     "pftray_overhead_s": p["overhead_s"], "flower_overhead_s": f["overhead_s"],
-                     "pftray_overhead_share": p["overhead_share"], "flower_overhead_share": f["overhead_share"],
-                     "round_ratio": p["round_s"] / f["round_s"],
-                     "overhead_ratio": p["overhead_s"] / f["overhead_s"] if f["overhead_s"] > 0 else float("nan")})
+        rows.append(
+            {
+                "clients": n,
+                "work_s": w,
+                "pftray_round_s": p["round_s"],
+                "flower_round_s": f["round_s"],
+                "pftray_overhead_s": p["overhead_s"],
+                "flower_overhead_s": f["overhead_s"],
+                "pftray_overhead_share": p["overhead_share"],
+                "flower_overhead_share": f["overhead_share"],
+                "pftray_overhead_cpu_s": p["overhead_cpu_s"],
+                "flower_overhead_cpu_s": f["overhead_cpu_s"],
+                "pftray_overhead_cpu_share": p["overhead_cpu_share"],
+                "flower_overhead_cpu_share": f["overhead_cpu_share"],
+                "round_ratio": p["round_s"] / f["round_s"],
+                "overhead_ratio": p["overhead_s"] / f["overhead_s"] if f["overhead_s"] > 0 else float("nan"),
+            }
+        )
     return rows
 
 
@@ -297,8 +441,13 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": sys.version.split()[0], "platform": platform.platform(),
-            "load_avg_1m_at_end": os.getloadavg()[0]}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "load_avg_1m_at_end": os.getloadavg()[0],
+    }
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ def evaluate_backbone(cfg, model: TalkingHeadModel, *, identities: int, steps: i
             g = torch.Generator().manual_seed(seed * 1000 + k * 10 + ci)
             gen = (model.sample(ref, torch.from_numpy(clip.audio_feats), torch.from_numpy(clip.pose), steps=steps,
                                 generator=g) + 1) / 2
-            recon = (model.decode(model.encode(gt * 2 - 1)) + 1) / 2
+            recon = (model.decode(model.encode(gt * 2 - 1, ref), ref) + 1) / 2
             copy = ((ref + 1) / 2)[None].expand_as(gt)
             boxes = torch.as_tensor(clip.mouth_box, dtype=torch.long)
             for name, x in (("model", gen), ("vae", recon), ("copy", copy)):

@@ -66,7 +66,7 @@ class ModelConfig:
     backbone: str = _f("", "checkpoint made by `pftray pretrain` ('' = none: random backbone)")
     vae_channels: tuple[int, ...] = _f((16, 32, 64), "AutoencoderKL block widths; len-1 = log2 downsampling")
     vae_layers_per_block: int = _f(1, "resnet layers per VAE block", range=(1, 4))
-    latent_channels: int = _f(4, "VAE latent channels", range=(1, 64))
+    latent_channels: int = _f(8, "VAE latent channels", range=(1, 64))
     unet_channels: tuple[int, ...] = _f((32, 64), "UNet block widths")
     unet_layers_per_block: int = _f(1, "resnet layers per UNet block", range=(1, 4))
     attention_head_dim: int = _f(8, "channels per attention head", range=(1, 512))
@@ -107,11 +107,11 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    vae_steps: int = _f(500, "VAE optimiser steps on public identities", range=(0, 10_000_000))
+    vae_steps: int = _f(1500, "VAE optimiser steps on public identities", range=(0, 10_000_000))
     unet_steps: int = _f(1000, "UNet optimiser steps on public identities", range=(0, 10_000_000))
     batch_frames: int = _f(16, "frames per VAE batch", range=(1, 65536))
     batch_clips: int = _f(6, "clips per UNet batch", range=(1, 4096))
-    lr_vae: float = _f(1e-3, "VAE learning rate", range=(0.0, 10.0))
+    lr_vae: float = _f(2e-3, "VAE learning rate", range=(0.0, 10.0))
     lr_unet: float = _f(1e-3, "UNet learning rate", range=(0.0, 10.0))
     kl_weight: float = _f(1e-6, "VAE KL weight (tiny: we want a sharp autoencoder)", range=(0.0, 10.0))
     checkpoint_every: int = _f(200, "steps between resumable checkpoints", range=(1, 10_000_000))

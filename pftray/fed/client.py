@@ -274,21 +274,23 @@ class ClientTrainer:
         """
         batch = self._batch(client, rng)
         b, f = batch["frames"].shape[:2]
-        x0 = self.model.encode(batch["frames"].flatten(0, 1))
-        ref = self.model.encode(batch["reference"]).repeat_interleave(f, dim=0)
+        refs = batch["reference"].repeat_interleave(f, dim=0)
+        x0 = self.model.encode(batch["frames"].flatten(0, 1), refs)
+        ref = self.model.reference_features(refs)
         g = torch.Generator().manual_seed(int(rng.integers(2**62)))
         t = torch.full((b * f,), RELIABILITY_TIMESTEP, dtype=torch.long, device=self.device)
         eps = torch.randn(x0.shape, generator=g).to(self.device)
         noisy = self.model.scheduler.add_noise(x0, eps, t)
         out = self.model.predict(noisy, t, ref, batch["audio_feats"].flatten(0, 1), batch["pose"].flatten(0, 1))
         x0_pred, _ = self.model.to_x0_eps(noisy, t, out.float())
-        img_pred = (self.model.decode(x0_pred) + 1) / 2
+        frames_pred = self.model.decode(x0_pred, refs)
+        img_pred = (frames_pred + 1) / 2
         img = (batch["frames"].flatten(0, 1) + 1) / 2
         p, y = img_pred.reshape(b, f, -1), img.reshape(b, f, -1)
         if f >= 2:
             jitter = float(((p[:, 1:] - p[:, :-1]) - (y[:, 1:] - y[:, :-1])).abs().mean())
         else:
             jitter = 0.0
-        phi = self.model.cond.identity_embedding
-        cos = F.cosine_similarity(phi(x0_pred), phi(ref), dim=1).mean()
+        phi = self.model.identity_embedding
+        cos = F.cosine_similarity(phi(frames_pred), phi(refs), dim=1).mean()
         return float((1 + cos) / 2), 1.0 / (1.0 + jitter)

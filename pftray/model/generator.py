@@ -2,11 +2,17 @@
 
 Read top to bottom:
 
-* ``AutoencoderKL`` maps a 64x64 frame to a small latent (downsampling ``2^(len(vae_channels)-1)``).
+* ``AutoencoderKL`` maps a frame to a small latent (downsampling ``2^(len(vae_channels)-1)``) in a **residual
+  space**: it encodes ``(frame - reference) / 2``, the difference between the frame and the identity's reference
+  frame, and a latent decodes to ``reference + 2 * D(z)``. Talking-head frames differ from their reference only
+  where the mouth, eyes and head move, so the autoencoder spends its capacity there; flat skin, hair and
+  background come from the reference at full resolution. (A plain frame autoencoder of this size is the quality
+  cap: on the synthetic faces it reconstructs below the copy-the-reference baseline after a CPU-sized training.)
 * ``UNet2DConditionModel`` denoises the latent of one frame. Its input is the noisy latent concatenated with
-  the latent of the identity's **reference frame** and with the head **pose** broadcast as constant maps (so
-  that plain convolutions can move the face); its cross-attention reads **condition tokens**: one token per mel
-  frame of the audio window around the frame (the mouth follows these), one pose token and one identity token.
+  features of the **reference frame** (pixel-unshuffled to the latent grid, projected by a 1x1 conv) and with the
+  head **pose** broadcast as constant maps (so that plain convolutions can move the face); its cross-attention
+  reads **condition tokens**: one token per mel frame of the audio window around the frame (the mouth follows
+  these), one pose token and one identity token.
 * A diffusers ``DDPMScheduler`` gives the forward process and training targets (v-prediction by default);
   ``DDIMScheduler`` samples.
 
@@ -53,13 +59,16 @@ def build_vae(mcfg: ModelConfig, resolution: int) -> AutoencoderKL:
     )
 
 
+REF_CHANNELS = 16  # reference-frame feature maps fed to the UNet next to the noisy latent
+
+
 def build_unet(mcfg: ModelConfig, latent_size: int, latent_channels: int) -> UNet2DConditionModel:
     if mcfg.pretrained:
         return UNet2DConditionModel.from_pretrained(Path(mcfg.pretrained) / "unet", local_files_only=True)
     n = len(mcfg.unet_channels)
     return UNet2DConditionModel(
         sample_size=latent_size,
-        in_channels=2 * latent_channels + POSE_DIM,
+        in_channels=latent_channels + REF_CHANNELS + POSE_DIM,
         out_channels=latent_channels,
         down_block_types=("CrossAttnDownBlock2D",) * n,
         up_block_types=("CrossAttnUpBlock2D",) * n,
@@ -72,27 +81,24 @@ def build_unet(mcfg: ModelConfig, latent_size: int, latent_channels: int) -> UNe
 
 
 class ConditionEncoder(nn.Module):
-    """Audio window, pose and reference latent -> cross-attention tokens ``[B, A + 2, D]``."""
+    """Audio window, pose and reference features -> cross-attention tokens ``[B, A + 2, D]``."""
 
-    def __init__(self, *, n_mels: int, audio_window: int, latent_channels: int, dim: int):
+    def __init__(self, *, n_mels: int, audio_window: int, ref_channels: int, dim: int):
         super().__init__()
         self.audio_in = nn.Sequential(nn.Linear(n_mels, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.audio_mix = nn.Conv1d(dim, dim, kernel_size=3, padding=1)
         self.audio_pos = nn.Parameter(torch.randn(audio_window, dim) * 0.02)
         self.pose = nn.Sequential(nn.Linear(POSE_DIM, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.identity = nn.Sequential(
-            nn.Conv2d(latent_channels, dim, 3, padding=1), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Conv2d(ref_channels, dim, 3, padding=1), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
             nn.Linear(dim, dim),
         )
         self.norm = nn.LayerNorm(dim)
 
-    def identity_embedding(self, ref_latent: torch.Tensor) -> torch.Tensor:
-        return self.identity(ref_latent)
-
-    def forward(self, audio_feats: torch.Tensor, pose: torch.Tensor, ref_latent: torch.Tensor) -> torch.Tensor:
+    def forward(self, audio_feats: torch.Tensor, pose: torch.Tensor, ref_feat: torch.Tensor) -> torch.Tensor:
         a = self.audio_in(audio_feats)  # [B, A, D]
         a = a + self.audio_mix(a.transpose(1, 2)).transpose(1, 2) + self.audio_pos
-        tokens = torch.cat([a, self.pose(pose)[:, None], self.identity(ref_latent)[:, None]], dim=1)
+        tokens = torch.cat([a, self.pose(pose)[:, None], self.identity(ref_feat)[:, None]], dim=1)
         return self.norm(tokens)
 
 
@@ -104,11 +110,13 @@ class TalkingHeadModel(nn.Module):
         self.mcfg, self.resolution = mcfg, dcfg.resolution
         self.vae = build_vae(mcfg, dcfg.resolution)
         down = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.down = down
         self.latent_channels = self.vae.config.latent_channels
         self.latent_size = dcfg.resolution // down
         self.unet = build_unet(mcfg, self.latent_size, self.latent_channels)
-        self.cond = ConditionEncoder(n_mels=dcfg.n_mels, audio_window=dcfg.audio_window,
-                                     latent_channels=self.latent_channels, dim=self.unet.config.cross_attention_dim)
+        self.ref_proj = nn.Conv2d(3 * down * down, REF_CHANNELS, 1)
+        self.cond = ConditionEncoder(n_mels=dcfg.n_mels, audio_window=dcfg.audio_window, ref_channels=REF_CHANNELS,
+                                     dim=self.unet.config.cross_attention_dim)
         self.register_buffer("latent_scale", torch.tensor(1.0))
         self.register_buffer("latent_shift", torch.zeros(self.latent_channels))
         self.scheduler = DDPMScheduler(num_train_timesteps=mcfg.num_train_timesteps,
@@ -118,32 +126,51 @@ class TalkingHeadModel(nn.Module):
             self.unet.enable_gradient_checkpointing()
 
     # ------------------------------------------------------------------------------------------- latents
-    def encode(self, frames: torch.Tensor) -> torch.Tensor:
-        """Frames ``[N, 3, H, W]`` in [-1, 1] -> normalised latents (posterior mean: deterministic)."""
-        mean = self.vae.encode(frames).latent_dist.mean
+    @staticmethod
+    def _residual(frames: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        if reference.dim() == 3:
+            reference = reference[None]
+        return (frames - reference) / 2
+
+    def encode(self, frames: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        """Frames ``[N, 3, H, W]`` in [-1, 1] and their reference (``[N|1, 3, H, W]`` or ``[3, H, W]``) ->
+        normalised residual latents (posterior mean: deterministic)."""
+        mean = self.vae.encode(self._residual(frames, reference)).latent_dist.mean
         return (mean - self.latent_shift[None, :, None, None]) * self.latent_scale
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        """Normalised residual latents -> frames in [-1, 1]: ``reference + 2 * D(z)``."""
         z = latents / self.latent_scale + self.latent_shift[None, :, None, None]
-        return self.vae.decode(z).sample.clamp(-1, 1)
+        if reference.dim() == 3:
+            reference = reference[None]
+        return (reference + 2 * self.vae.decode(z).sample).clamp(-1, 1)
+
+    def reference_features(self, reference: torch.Tensor) -> torch.Tensor:
+        """Reference frames ``[N, 3, H, W]`` -> feature maps on the latent grid ``[N, REF_CHANNELS, h, w]``."""
+        return self.ref_proj(F.pixel_unshuffle(reference, self.down))
+
+    def identity_embedding(self, frames: torch.Tensor) -> torch.Tensor:
+        """Identity embedding of frames (the identity-token encoder applied to their reference features)."""
+        return self.cond.identity(self.reference_features(frames))
 
     @torch.no_grad()
-    def fit_latent_stats(self, frames: torch.Tensor) -> None:
+    def fit_latent_stats(self, frames: torch.Tensor, references: torch.Tensor) -> None:
         """Per-channel shift and one global scale so that latents have zero mean and unit variance."""
-        mean = self.vae.encode(frames).latent_dist.mean
+        mean = self.vae.encode(self._residual(frames, references)).latent_dist.mean
         self.latent_shift.copy_(mean.mean(dim=(0, 2, 3)))
         self.latent_scale.fill_(1.0 / float((mean - self.latent_shift[None, :, None, None]).std()))
 
     # --------------------------------------------------------------------------------------------- UNet
-    def unet_input(self, noisy: torch.Tensor, ref_latent: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
+    def unet_input(self, noisy: torch.Tensor, ref_feat: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
         pose_maps = pose[:, :, None, None].expand(-1, -1, noisy.shape[-2], noisy.shape[-1])
-        return torch.cat([noisy, ref_latent, pose_maps.to(noisy.dtype)], dim=1)
+        return torch.cat([noisy, ref_feat, pose_maps.to(noisy.dtype)], dim=1)
 
-    def predict(self, noisy: torch.Tensor, t: torch.Tensor, ref_latent: torch.Tensor, audio_feats: torch.Tensor,
+    def predict(self, noisy: torch.Tensor, t: torch.Tensor, ref_feat: torch.Tensor, audio_feats: torch.Tensor,
                 pose: torch.Tensor) -> torch.Tensor:
-        """Raw UNet output (the scheduler's ``prediction_type``) for a batch of single frames."""
-        tokens = self.cond(audio_feats, pose, ref_latent)
-        return self.unet(self.unet_input(noisy, ref_latent, pose), t, encoder_hidden_states=tokens).sample
+        """Raw UNet output (the scheduler's ``prediction_type``) for a batch of single frames; ``ref_feat`` from
+        :meth:`reference_features`."""
+        tokens = self.cond(audio_feats, pose, ref_feat)
+        return self.unet(self.unet_input(noisy, ref_feat, pose), t, encoder_hidden_states=tokens).sample
 
     def to_x0_eps(self, noisy: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Convert a model output to (x0, eps) predictions (Salimans & Ho 2022 for v)."""
@@ -169,15 +196,15 @@ class TalkingHeadModel(nn.Module):
         device = reference.device
         ddim = DDIMScheduler.from_config(self.scheduler.config, clip_sample=False, set_alpha_to_one=True)
         ddim.set_timesteps(steps, device=device)
-        ref_latent = self.encode(reference[None]).expand(n, -1, -1, -1)
+        ref_feat = self.reference_features(reference[None]).expand(n, -1, -1, -1)
         shape = (1 if shared_noise else n, self.latent_channels, self.latent_size, self.latent_size)
         x = torch.randn(shape, generator=generator, device="cpu").to(device).expand(n, -1, -1, -1).contiguous()
-        tokens = self.cond(audio_feats, pose, ref_latent)
+        tokens = self.cond(audio_feats, pose, ref_feat)
         for t in ddim.timesteps:
             tt = torch.full((n,), int(t), device=device, dtype=torch.long)
-            out = self.unet(self.unet_input(x, ref_latent, pose), tt, encoder_hidden_states=tokens).sample
+            out = self.unet(self.unet_input(x, ref_feat, pose), tt, encoder_hidden_states=tokens).sample
             x = ddim.step(out, t, x).prev_sample
-        return self.decode(x)
+        return self.decode(x, reference)
 
     # ---------------------------------------------------------------------------------------- persistence
     def backbone_state(self) -> dict[str, Any]:
@@ -204,11 +231,17 @@ def num_params(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
-def vae_loss(model: TalkingHeadModel, frames: torch.Tensor, kl_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """L1 + MSE reconstruction + KL (small) for VAE pre-training; returns (loss, recon) ."""
-    post = model.vae.encode(frames).latent_dist
-    z = post.sample()
-    recon = model.vae.decode(z).sample
-    rec = F.l1_loss(recon, frames) + F.mse_loss(recon, frames)
+def vae_loss(model: TalkingHeadModel, frames: torch.Tensor, references: torch.Tensor,
+             kl_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """L1 + MSE reconstruction (of the residual to the reference) of the posterior mean + ``kl_weight`` * KL.
+
+    The decoder is trained on the posterior *mean*: with the tiny KL weight we want (a sharp autoencoder whose
+    latents the diffusion model learns), sampling the posterior only injects noise that slows learning several
+    fold on a CPU budget; the KL term still keeps the latent scale bounded. Returns ``(loss, recon)``.
+    """
+    target = model._residual(frames, references)
+    post = model.vae.encode(target).latent_dist
+    recon = model.vae.decode(post.mean).sample
+    rec = F.l1_loss(recon, target) + F.mse_loss(recon, target)
     kl = post.kl().mean() / math.prod(frames.shape[1:])
     return rec + kl_weight * kl, recon

@@ -29,11 +29,12 @@ def proximal_term(params: dict[str, torch.Tensor], global_params: dict[str, torc
 
 
 def encode_batch(model: TalkingHeadModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frames ``[B, F, 3, H, W]`` and reference ``[B, 3, H, W]`` -> latents ``[B*F, C, h, w]``, ``[B, C, h, w]``."""
+    """Frames ``[B, F, 3, H, W]`` and reference ``[B, 3, H, W]`` -> residual latents ``[B*F, C, h, w]`` and
+    reference features ``[B, R, h, w]``."""
     b, f = batch["frames"].shape[:2]
     with torch.no_grad():
-        lat = model.encode(batch["frames"].flatten(0, 1))
-        ref = model.encode(batch["reference"])
+        lat = model.encode(batch["frames"].flatten(0, 1), batch["reference"].repeat_interleave(f, dim=0))
+    ref = model.reference_features(batch["reference"])
     return lat, ref
 
 

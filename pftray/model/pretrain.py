@@ -55,6 +55,8 @@ def pretrain(cfg: Config, out: str | Path, *, progress: Callable[[str, int, int,
     model = TalkingHeadModel(cfg.model, cfg.data).to(device)
     clips, ident, refs = public_data(cfg)
     frames = np.concatenate([c.frames for c in clips])  # [N, H, W, 3] uint8
+    frame_ident = np.repeat(ident, [c.num_frames for c in clips])  # identity of every frame
+    refs_t = _to_t(refs).to(device)  # [identities, 3, H, W]
     rng = np.random.default_rng((cfg.experiment.seed, 23))
     state: dict[str, Any] = {"phase": "vae", "step": 0, "times": {"vae": 0.0, "unet": 0.0}, "losses": []}
     opt = torch.optim.Adam(model.vae.parameters(), lr=p.lr_vae)
@@ -83,7 +85,7 @@ def pretrain(cfg: Config, out: str | Path, *, progress: Callable[[str, int, int,
             idx = rng.integers(0, len(frames), size=p.batch_frames)
             x = _to_t(frames[idx]).to(device)
             _cosine_lr(opt, p.lr_vae, state["step"], p.vae_steps)
-            loss, _ = vae_loss(model, x, p.kl_weight)
+            loss, _ = vae_loss(model, x, refs_t[frame_ident[idx]], p.kl_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -95,8 +97,8 @@ def pretrain(cfg: Config, out: str | Path, *, progress: Callable[[str, int, int,
                 checkpoint()
         model.vae.eval()
         with torch.no_grad():
-            sample = _to_t(frames[rng.integers(0, len(frames), size=min(512, len(frames)))]).to(device)
-            model.fit_latent_stats(sample)
+            idx = rng.integers(0, len(frames), size=min(512, len(frames)))
+            model.fit_latent_stats(_to_t(frames[idx]).to(device), refs_t[frame_ident[idx]])
         state.update(phase="unet", step=0)
         opt = _unet_optimizer(model, p.lr_unet)
         checkpoint()
@@ -104,9 +106,9 @@ def pretrain(cfg: Config, out: str | Path, *, progress: Callable[[str, int, int,
     # ---- stage 2: UNet + condition encoder on cached latents (the VAE is frozen)
     model.vae.requires_grad_(False)
     with torch.no_grad():
-        lat = torch.cat([model.encode(_to_t(frames[i: i + 256]).to(device)) for i in range(0, len(frames), 256)])
+        lat = torch.cat([model.encode(_to_t(frames[i: i + 256]).to(device), refs_t[frame_ident[i: i + 256]])
+                         for i in range(0, len(frames), 256)])
         lat = lat.reshape(len(clips), -1, *lat.shape[1:])  # [clips, T, C, h, w]
-        ref_lat = model.encode(_to_t(refs).to(device))
     audio = torch.from_numpy(np.stack([c.audio_feats for c in clips])).to(device)
     pose = torch.from_numpy(np.stack([c.pose for c in clips])).to(device)
     window = max(cfg.train.window, 2)
@@ -120,7 +122,7 @@ def pretrain(cfg: Config, out: str | Path, *, progress: Callable[[str, int, int,
         batch = {"audio_feats": audio[ci_t, win], "pose": pose[ci_t, win]}
         x0 = lat[ci_t, win].flatten(0, 1)
         _cosine_lr(opt, p.lr_unet, state["step"], p.unet_steps)
-        ref = ref_lat[torch.as_tensor(ident[ci])]
+        ref = model.reference_features(refs_t[torch.as_tensor(ident[ci])])  # ref_proj trains with the UNet
         out_ = diffusion_losses(model, batch, lambda_tdc=cfg.train.lambda_tdc, tdc_space=cfg.train.tdc_space,
                                 generator=gen, latents=(x0, ref))
         opt.zero_grad(set_to_none=True)

@@ -136,8 +136,8 @@ def test_clip_errors_match_an_independent_computation(canary_run):
     )
     errs = []
     with torch.no_grad():
-        x0 = model.encode(batch["frames"][0])
-        ref = model.encode(batch["reference"]).expand(x0.shape[0], -1, -1, -1)
+        x0 = model.encode(batch["frames"][0], batch["reference"])
+        ref = model.reference_features(batch["reference"]).expand(x0.shape[0], -1, -1, -1)
         for r in range(2):
             seed = int(np.random.SeedSequence([3, r, clip.num_frames]).generate_state(1)[0])
             eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
