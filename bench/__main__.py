@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}", file=sys.stderr)
         return 2
     module = importlib.import_module(BENCHMARKS[name])
+    sys.argv[0] = f"python -m bench {name}"  # argparse's prog in the benchmarks' usage lines
     # bench.scale re-runs itself as `python -m bench.scale --one N` in subprocesses: it keeps working as is
     return int(module.main(rest) or 0)
 

@@ -50,11 +50,16 @@ class SyntheticHost:
             raise ValueError(f"iters must be >= 0, got {iters}")
         self.iters, self.worker = iters, worker
         self.pending: dict[int, np.ndarray] = {}
+        self.round = -1
 
     def fit(
         self, client_ids: list[int], global_shared: np.ndarray, server_round: int, round_cfg: dict[str, Any]
     ) -> list[dict[str, Any]]:
-        self.pending.clear()
+        if server_round != self.round:
+            # per round, not per call (ClientHost clears per call): with dynamic dispatch a worker receives
+            # several chunks of one round and must keep every chunk's pending delta until ``contribute``
+            self.pending.clear()
+            self.round = server_round
         reports = []
         for cid in client_ids:
             t0 = time.perf_counter()
@@ -142,22 +147,76 @@ def _synthetic_worker_class():
 
 def synthetic_pool_class():
     """``RayPool`` with ``_spawn`` creating synthetic-workload actors (built lazily: importing Ray is slow)."""
+    import ray
+
     from pftray.runtime.pool import RayPool
 
     worker_cls = _synthetic_worker_class()
 
     class SyntheticRayPool(RayPool):
-        def __init__(self, cfg, run_dir: str, *, iters: int):
-            self.iters = iters
+        """``RayPool`` over synthetic-workload actors. ``dispatch="static"`` is pftray's own ``fit`` (one call per
+        worker with its fixed share ``k % workers`` of the clients); ``dispatch="dynamic"`` demonstrates the
+        proposed change: guided self-scheduling (Polychronopoulos & Kuck 1987) of the round's clients, each
+        worker pulling its next chunk of ``ceil(remaining / (2 * workers))`` clients when it finishes one (large
+        chunks first, single clients at the tail, so no worker waits long on another), and ``contribute``
+        addressing the worker that trained each client (not ``worker_of``)."""
+
+        def __init__(self, cfg, run_dir: str, *, iters: int, dispatch: str = "static"):
+            if dispatch not in ("static", "dynamic"):
+                raise ValueError(f"dispatch must be 'static' or 'dynamic', got {dispatch!r}")
+            self.iters, self.dispatch = iters, dispatch
             self.last_compute_s = self.last_compute_cpu_s = 0.0
+            self.last_worker_compute_s: dict[str, float] = {}
+            self.trained_on: dict[int, tuple[int, int]] = {}
             super().__init__(cfg, run_dir)
 
         def fit(self, ids, global_shared, server_round, round_cfg):
-            reports = super().fit(ids, global_shared, server_round, round_cfg)
+            if self.dispatch == "static":
+                reports = super().fit(ids, global_shared, server_round, round_cfg)
+                self.trained_on = {int(c): self.worker_of(int(c)) for c in ids}
+            else:
+                reports = self._fit_dynamic([int(c) for c in ids], global_shared, server_round, round_cfg)
             # the busy loop's own wall time, summed over the round's clients (what Flower's clients report too)
             self.last_compute_s = float(sum(rep["compute_s"] for rep in reports))
             self.last_compute_cpu_s = float(sum(rep["compute_cpu_s"] for rep in reports))
+            per_worker: dict[str, float] = {}
+            for rep in reports:
+                per_worker[rep["worker"]] = per_worker.get(rep["worker"], 0.0) + rep["compute_s"]
+            self.last_worker_compute_s = per_worker
             return reports
+
+        def _fit_dynamic(self, ids, global_shared, server_round, round_cfg):
+            ref = ray.put(global_shared)  # once per round, as RayPool.fit
+            todo = list(ids)
+            inflight: dict[Any, tuple[tuple[int, int], list[int]]] = {}
+
+            def submit(key):
+                size = max(1, -(-len(todo) // (2 * len(self.workers))))
+                chunk, todo[:size] = todo[:size], []
+                inflight[self.workers[key].fit.remote(chunk, ref, server_round, round_cfg)] = (key, chunk)
+
+            for key in self.workers:
+                if todo:
+                    submit(key)
+            reports, self.trained_on = [], {}
+            while inflight:
+                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=self.timeout)
+                if not ready:
+                    raise RuntimeError(f"no worker answered within {self.timeout:.0f} s")
+                key, chunk = inflight.pop(ready[0])
+                reports += ray.get(ready[0])
+                self.trained_on.update(dict.fromkeys(chunk, key))
+                if todo:
+                    submit(key)
+            return reports
+
+        def _groups(self, ids):
+            if self.dispatch == "static":
+                return super()._groups(ids)
+            groups: dict[tuple[int, int], list[int]] = {}
+            for cid in ids:
+                groups.setdefault(self.trained_on[int(cid)], []).append(int(cid))
+            return groups
 
         def _spawn(self, ti: int, wi: int):
             tier = self.tiers[ti]
@@ -223,7 +282,9 @@ def summarise(
     }
 
 
-def pftray_rounds(*, clients: int, iters: int, d: int, rounds: int, workers: int) -> dict[str, Any]:
+def pftray_rounds(
+    *, clients: int, iters: int, d: int, rounds: int, workers: int, dispatch: str = "static"
+) -> dict[str, Any]:
     """``rounds + 1`` rounds of the pftray server over a :class:`SyntheticRayPool` on the running Ray instance;
     checks the aggregate against the closed form of :func:`bench.workload.expected_fedavg`."""
     from pftray.fed.server import FederatedServer
@@ -234,11 +295,11 @@ def pftray_rounds(*, clients: int, iters: int, d: int, rounds: int, workers: int
     tmp = Path(tempfile.mkdtemp(prefix="pftray-overhead-"))
     run = RunDir(tmp / "run")
     prepare_run(cfg, run)
-    pool = synthetic_pool_class()(cfg, str(run.path), iters=iters)
+    pool = synthetic_pool_class()(cfg, str(run.path), iters=iters, dispatch=dispatch)
     try:
         pool.placement()  # actors up before the clock starts
         server = FederatedServer(cfg, run, pool, np.zeros(d, np.float32), num_registered=clients)
-        round_s, compute_s, compute_cpu_s = [], [], []
+        round_s, compute_s, compute_cpu_s, imbalance = [], [], [], []
         expect = np.zeros(d, np.float64)
         for r in range(1, rounds + 2):
             t0 = time.perf_counter()
@@ -248,6 +309,11 @@ def pftray_rounds(*, clients: int, iters: int, d: int, rounds: int, workers: int
                 raise RuntimeError(f"pftray round {r} failed: {row.get('message')}")
             compute_s.append(pool.last_compute_s)
             compute_cpu_s.append(pool.last_compute_cpu_s)
+            # the slowest worker's compute minus the mean worker's: time the round waits on a straggler
+            per = list(pool.last_worker_compute_s.values()) + [0.0] * (
+                workers - len(pool.last_worker_compute_s)
+            )
+            imbalance.append(max(per) - sum(per) / workers)
             expect += expected_fedavg(list(range(clients)))
         err = float(np.max(np.abs(server.state.global_shared - expect)))
         if err > 1e-4:
@@ -256,18 +322,20 @@ def pftray_rounds(*, clients: int, iters: int, d: int, rounds: int, workers: int
         pool.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
     return {
-        "framework": "pftray",
+        "framework": "pftray" if dispatch == "static" else f"pftray-{dispatch}",
         "clients": clients,
         "iters": iters,
         "d": d,
         "workers": workers,
         "max_abs_error": err,
+        "worker_imbalance_s": statistics.median(imbalance[1:]) if len(imbalance) > 1 else imbalance[0],
+        "rounds_worker_imbalance_s": imbalance,
         **summarise(round_s, compute_s, compute_cpu_s, workers=workers),
     }
 
 
 def run_pftray(
-    *, clients: int, iters: int, d: int, rounds: int, workers: int, temp_dir: str
+    *, clients: int, iters: int, d: int, rounds: int, workers: int, temp_dir: str, dispatch: str = "static"
 ) -> dict[str, Any]:
     """:func:`pftray_rounds` on a fresh local Ray of ``workers`` CPUs (its own ``temp_dir``)."""
     import ray
@@ -281,7 +349,9 @@ def run_pftray(
         runtime_env={"env_vars": ONE_THREAD},
     )
     try:
-        return pftray_rounds(clients=clients, iters=iters, d=d, rounds=rounds, workers=workers)
+        return pftray_rounds(
+            clients=clients, iters=iters, d=d, rounds=rounds, workers=workers, dispatch=dispatch
+        )
     finally:
         ray.shutdown()
 
@@ -333,6 +403,13 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--no-flower", action="store_true", help="pftray's side only")
     ap.add_argument("--flower-python", default="", help="python of Flower's venv (default: build/find it)")
+    ap.add_argument(
+        "--dispatch",
+        nargs="+",
+        default=["static"],
+        choices=("static", "dynamic"),
+        help="pftray's client dispatch: static = pftray's RayPool.fit; dynamic = the proposed chunked pull",
+    )
     ap.add_argument("--json", default="bench/results/overhead.json")
     ap.add_argument(
         "--append",
@@ -350,7 +427,8 @@ def main(argv=None) -> int:
     for work in args.work:
         iters = calibrate(work)
         for n in args.clients:
-            for side in ("pftray", "flower") if python else ("pftray",):
+            sides = [f"pftray-{x}" for x in args.dispatch] + (["flower"] if python else [])
+            for side in sides:
                 temp_dir = tempfile.mkdtemp(prefix=f"ray-{side[:2]}-", dir="/tmp")
                 kw = dict(
                     clients=n,
@@ -361,14 +439,17 @@ def main(argv=None) -> int:
                     temp_dir=temp_dir,
                 )
                 try:
-                    res = run_pftray(**kw) if side == "pftray" else run_flower(**kw, python=python)
+                    if side == "flower":
+                        res = run_flower(**kw, python=python)
+                    else:
+                        res = run_pftray(**kw, dispatch=side.split("-", 1)[1])
                 finally:
                     shutil.rmtree(temp_dir, ignore_errors=True)
                 res["work_s"] = work
                 res["load_avg_1m"] = os.getloadavg()[0]  # the machine is shared: how busy it was
                 results.append(res)
                 print(
-                    f"{side:7s} clients {n:4d} work {work:3.1f}s  round {res['round_s']:7.3f}s  compute/worker "
+                    f"{res['framework']:14s} clients {n:4d} work {work:3.1f}s  round {res['round_s']:7.3f}s  compute/worker "
                     f"{res['compute_s'] / args.workers:7.3f}s  overhead {res['overhead_s']:7.3f}s "
                     f"({100 * res['overhead_share']:5.1f}%)  on CPU-time basis {res['overhead_cpu_s']:7.3f}s "
                     f"({100 * res['overhead_cpu_share']:5.1f}%)",
@@ -381,7 +462,7 @@ def main(argv=None) -> int:
     table = comparison(results)
     for row in table:
         print(
-            f"clients {row['clients']:4d} work {row['work_s']:3.1f}s  overhead pftray/flower "
+            f"{row['pftray']:14s} clients {row['clients']:4d} work {row['work_s']:3.1f}s  overhead pftray/flower "
             f"{row['overhead_ratio']:.3f}  round pftray/flower {row['round_ratio']:.3f}"
         )
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -406,10 +487,11 @@ def comparison(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for (fw, n, w), p in by.items():
         f = by.get(("flower", n, w))
-        if fw != "pftray" or f is None:
+        if not fw.startswith("pftray") or f is None:
             continue
         rows.append(
             {
+                "pftray": fw,
                 "clients": n,
                 "work_s": w,
                 "pftray_round_s": p["round_s"],

@@ -95,6 +95,10 @@ def test_pftray_overhead_rounds_over_ray(ray_session):
     assert res["framework"] == "pftray" and res["max_abs_error"] < 1e-6
     assert len(res["rounds_s"]) == 2 and res["round_s"] > 0
     assert res["compute_s"] > 0 and res["overhead_s"] <= res["round_s"]
+    # the proposed dynamic dispatch (several chunks per worker and round) must aggregate the same vector
+    dyn = pftray_rounds(clients=9, iters=10, d=100, rounds=1, workers=2, dispatch="dynamic")
+    assert dyn["framework"] == "pftray-dynamic" and dyn["max_abs_error"] < 1e-6
+    assert dyn["worker_imbalance_s"] >= 0
 
 
 # ---------------------------------------------------------------------------------------------------- comm

@@ -31,7 +31,9 @@ def sweep(tmp_path_factory):
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     tmp = tempfile.mkdtemp(prefix="pft", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tmp, log_to_driver=False)
+    owned = not ray.is_initialized()  # reuse the session's instance (tests/conftest.py) when one is running
+    if owned:
+        ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tmp, log_to_driver=False)
     try:
         d = sweep_dict(
             name="smoke",
@@ -64,7 +66,8 @@ def sweep(tmp_path_factory):
         wall = time.perf_counter() - t0
         yield spec, exp, grid, wall
     finally:
-        ray.shutdown()
+        if owned:
+            ray.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
