@@ -41,19 +41,24 @@ def encode_batch(model: TalkingHeadModel, batch: dict[str, torch.Tensor]) -> tup
 def diffusion_losses(model: TalkingHeadModel, batch: dict[str, torch.Tensor], *, lambda_tdc: float = 0.0,
                      tdc_space: str = "x0", generator: torch.Generator | None = None,
                      latents: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     timesteps: torch.Tensor | None = None, noise: torch.Tensor | None = None,
                      reduce: bool = True) -> dict[str, torch.Tensor]:
     """Denoising loss on every frame plus ``lambda_tdc`` * TDC across the frames of each clip.
 
     All frames of a clip share one timestep (TDC compares neighbouring frames at the same noise level); noise is
-    independent per frame. Returns ``{"loss", "diffusion", "tdc", "x0_pred", "x0"}``; with ``reduce=False`` the
-    losses are per clip ``[B]`` (for per-sample gradients).
+    independent per frame. ``timesteps`` (per clip, ``[B]``) and ``noise`` (latent shape) are drawn from
+    ``generator`` unless given. Returns ``{"loss", "diffusion", "tdc", "x0_pred", "x0"}``; with ``reduce=False``
+    the losses are per clip ``[B]`` (for per-sample gradients).
     """
     b, f = batch["audio_feats"].shape[:2]
     device = batch["audio_feats"].device
     x0, ref = latents if latents is not None else encode_batch(model, batch)
-    t_clip = torch.randint(0, model.scheduler.config.num_train_timesteps, (b,), generator=generator).to(device)
-    t = t_clip.repeat_interleave(f)
-    eps = torch.randn(x0.shape, generator=generator).to(device, x0.dtype)
+    if timesteps is None:
+        timesteps = torch.randint(0, model.scheduler.config.num_train_timesteps, (b,), generator=generator)
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator)
+    t = timesteps.to(device).repeat_interleave(f)
+    eps = noise.to(device, x0.dtype)
     noisy = model.scheduler.add_noise(x0, eps, t)
     ref_rep = ref.repeat_interleave(f, dim=0)
     out = model.predict(noisy, t, ref_rep, batch["audio_feats"].flatten(0, 1), batch["pose"].flatten(0, 1))

@@ -45,7 +45,7 @@ from opacus import GradSampleModule
 
 from pftray.model.adapters import ADAPTERS, adapter_parameters
 from pftray.model.generator import TalkingHeadModel
-from pftray.model.losses import encode_batch
+from pftray.model.losses import diffusion_losses, encode_batch
 from pftray.privacy.accounting import PrivacyEvent
 
 __all__ = [
@@ -92,8 +92,8 @@ def clip_losses(
 ) -> torch.Tensor:
     """Per-clip loss ``[B]``: denoising MSE + ``lambda_tdc`` * TDC with given timesteps and noise.
 
-    The explicit-noise twin of :func:`pftray.model.losses.diffusion_losses` (same maths, same reductions), so
-    that one clip can be evaluated alone with exactly the ``t`` and ``eps`` it had in a batch.
+    :func:`pftray.model.losses.diffusion_losses` with explicit ``t`` and ``eps`` (validated here), so that one
+    clip can be evaluated alone with exactly the ``t`` and ``eps`` it had in a batch.
     """
     if tdc_space not in ("x0", "eps"):
         raise ValueError(f"tdc_space must be 'x0' or 'eps', got {tdc_space!r}")
@@ -103,30 +103,9 @@ def clip_losses(
         raise ValueError(f"timesteps must have shape ({b},), got {tuple(timesteps.shape)}")
     if noise.shape != x0.shape:
         raise ValueError(f"noise must have the latent shape {tuple(x0.shape)}, got {tuple(noise.shape)}")
-    t = timesteps.to(x0.device).repeat_interleave(f)
-    eps = noise.to(x0.device, x0.dtype)
-    noisy = model.scheduler.add_noise(x0, eps, t)
-    out = model.predict(
-        noisy,
-        t,
-        ref.repeat_interleave(f, dim=0),
-        batch["audio_feats"].flatten(0, 1),
-        batch["pose"].flatten(0, 1),
-    )
-    ptype = model.scheduler.config.prediction_type
-    if ptype == "v_prediction":
-        target = model.scheduler.get_velocity(x0, eps, t)
-    elif ptype == "epsilon":
-        target = eps
-    else:
-        target = x0
-    loss = ((out.float() - target.float()) ** 2).reshape(b, -1).mean(dim=1)
-    if lambda_tdc > 0 and f >= 2:
-        x0_pred, eps_pred = model.to_x0_eps(noisy, t, out.float())
-        p, y = (x0_pred, x0) if tdc_space == "x0" else (eps_pred, eps)
-        p, y = p.reshape(b, f, -1), y.reshape(b, f, -1)
-        loss = loss + lambda_tdc * ((p[:, 1:] - p[:, :-1]) - (y[:, 1:] - y[:, :-1])).abs().mean(dim=(1, 2))
-    return loss
+    out = diffusion_losses(model, batch, lambda_tdc=lambda_tdc, tdc_space=tdc_space, latents=(x0, ref),
+                           timesteps=timesteps, noise=noise, reduce=False)
+    return out["loss"]
 
 
 # ------------------------------------------------------------------------------------- per-clip gradients
