@@ -95,34 +95,24 @@ def sample_client(
         pose = torch.from_numpy(clip.pose[:n]).to(device)
         seed = generation_seed(seed=cfg.experiment.seed, client_id=client.client_id, clip_index=ci)
         outputs: dict[str, torch.Tensor] = {}
+        args = (model, ref, audio, pose)
         if personalised:
-            outputs["personalised"] = _to01(
-                model.sample(
-                    ref,
-                    audio,
-                    pose,
-                    steps=cfg.eval.sample_steps,
-                    generator=torch.Generator().manual_seed(seed),
-                )
-            )
+            outputs["personalised"] = _generate(*args, steps=cfg.eval.sample_steps, seed=seed)
         if baseline:
             model.unet.disable_adapters()
             try:
-                outputs["backbone"] = _to01(
-                    model.sample(
-                        ref,
-                        audio,
-                        pose,
-                        steps=cfg.eval.sample_steps,
-                        generator=torch.Generator().manual_seed(seed),
-                    )
-                )
+                outputs["backbone"] = _generate(*args, steps=cfg.eval.sample_steps, seed=seed)
             finally:
                 model.unet.enable_adapters()
                 model.unet.set_adapters(["shared", "identity"])
             outputs["copy"] = _to01(ref[None].expand(n, -1, -1, -1))
         out.append(ClipSample(client.client_id, clip, gt, outputs))
     return out
+
+
+def _generate(model, ref, audio, pose, *, steps: int, seed: int) -> torch.Tensor:
+    """DDIM frames in [0, 1]; every model gets the same seed, so only the weights differ between them."""
+    return _to01(model.sample(ref, audio, pose, steps=steps, generator=torch.Generator().manual_seed(seed)))
 
 
 def score_samples(samples: list[ClipSample], suite, *, server_round: int) -> list[dict[str, Any]]:
