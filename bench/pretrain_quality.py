@@ -43,30 +43,33 @@ def evaluate_backbone(cfg, model: TalkingHeadModel, *, identities: int, steps: i
     kw = ClientProvider(cfg).synthetic_kwargs()
     kw.update(num_clients=max(identities, kw["num_clients"]), unreliable_fraction=0.0)
     acc: dict[str, list] = {}
-    opens = {"model": [], "gt": []}
+    opens = {"model": [], "vae": [], "gt": []}
+    dev = next(model.parameters()).device
     t0 = time.perf_counter()
     for k in range(identities):
         client = make_client(k, **kw)
-        ref = torch.from_numpy(client.reference).permute(2, 0, 1).float().div(127.5).sub(1)
+        ref = torch.from_numpy(client.reference).permute(2, 0, 1).float().div(127.5).sub(1).to(dev)
         for ci, clip in enumerate(client.heldout):
             gt = torch.from_numpy(clip.frames).permute(0, 3, 1, 2).float().div(255)
             g = torch.Generator().manual_seed(seed * 1000 + k * 10 + ci)
-            gen = (model.sample(ref, torch.from_numpy(clip.audio_feats), torch.from_numpy(clip.pose), steps=steps,
-                                generator=g) + 1) / 2
-            recon = (model.decode(model.encode(gt * 2 - 1, ref), ref) + 1) / 2
-            copy = ((ref + 1) / 2)[None].expand_as(gt)
+            gen = (model.sample(ref, torch.from_numpy(clip.audio_feats).to(dev), torch.from_numpy(clip.pose).to(dev),
+                                steps=steps, generator=g).cpu() + 1) / 2
+            recon = (model.decode(model.encode(gt.to(dev) * 2 - 1, ref), ref).cpu() + 1) / 2
+            copy = ((ref.cpu() + 1) / 2)[None].expand_as(gt)
             boxes = torch.as_tensor(clip.mouth_box, dtype=torch.long)
             for name, x in (("model", gen), ("vae", recon), ("copy", copy)):
                 acc.setdefault(f"{name}_psnr", []).append(psnr(x, gt))
                 acc.setdefault(f"{name}_ssim", []).append(ssim(x, gt))
                 acc.setdefault(f"{name}_mouth_psnr", []).append(region_psnr(x, gt, boxes, size=MOUTH))
                 acc.setdefault(f"{name}_mouth_ssim", []).append(region_ssim(x, gt, boxes, size=MOUTH))
-            o = estimate_mouth_openness(gen.permute(0, 2, 3, 1).numpy(), clip.mouth_box, value_range=(0.0, 1.0))
-            opens["model"].append(o)
+            for name, x in (("model", gen), ("vae", recon)):
+                o = estimate_mouth_openness(x.permute(0, 2, 3, 1).numpy(), clip.mouth_box, value_range=(0.0, 1.0))
+                opens[name].append(o)
+                acc.setdefault(f"{name}_mouth_corr_clip", []).append(_pearson(o, clip.mouth))
             opens["gt"].append(clip.mouth)
-            acc.setdefault("model_mouth_corr_clip", []).append(_pearson(o, clip.mouth))
     out = {k: float(np.mean(v)) for k, v in acc.items()}
-    out["model_mouth_corr"] = _pearson(np.concatenate(opens["model"]), np.concatenate(opens["gt"]))
+    for name in ("model", "vae"):
+        out[f"{name}_mouth_corr"] = _pearson(np.concatenate(opens[name]), np.concatenate(opens["gt"]))
     out["copy_mouth_corr"] = 0.0
     out["eval_s"] = time.perf_counter() - t0
     out["clips"] = len(acc["model_psnr"])
@@ -81,6 +84,7 @@ def main(argv=None) -> int:
     ap.add_argument("--identities", type=int, default=8, help="unseen identities evaluated")
     ap.add_argument("--steps", type=int, default=10, help="DDIM steps")
     ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--device", default="cpu", help="pre-train and evaluate here (cpu or cuda)")
     ap.add_argument("--json", default="bench/results/pretrain_quality.json")
     args = ap.parse_args(argv)
     cfg = load_config(args.config, ["model.backbone=", *args.set])
@@ -89,11 +93,11 @@ def main(argv=None) -> int:
         from pftray.model.pretrain import pretrain
 
         c0, w0 = time.process_time(), time.perf_counter()
-        pretrain(cfg, args.backbone)
+        pretrain(cfg, args.backbone, device=args.device)
         pre = {"pretrain_cpu_s": time.process_time() - c0, "pretrain_wall_s": time.perf_counter() - w0}
     model = TalkingHeadModel(cfg.model, cfg.data)
     model.load_backbone(args.backbone)
-    model.eval()
+    model.eval().to(args.device)
     blob = torch.load(args.backbone, map_location="cpu", weights_only=False)
     res = {**pre, "pretrain": blob.get("pretrain", {}), "resolution": cfg.data.resolution,
            **evaluate_backbone(cfg, model, identities=args.identities, steps=args.steps)}

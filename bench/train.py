@@ -1,5 +1,6 @@
 """Local training throughput and peak memory of one client: :meth:`pftray.fed.client.ClientTrainer.fit` on a
-synthetic client, for the tiny config (``/work/notes/tiny.yaml`` sizes, 32 px) and the quickstart config (64 px).
+synthetic client, for the tiny config (the test suite's sizes, 32 px), the quickstart config (64 px) and a medium
+config at 256 px (``medium256``: VAE 32-64-128-128, latent 32x32, UNet 64-128-256 with 2 layers per block).
 
 Throughput is frames per second (a sample is one frame of a clip window: ``batch_clips * window`` a step).
 Two figures: ``step_fps`` counts only the optimiser steps (``fit`` with E steps minus ``fit`` with 0 steps,
@@ -29,11 +30,17 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_YAML = Path("/work/notes/tiny.yaml")
+MEDIUM256 = [
+    "data.resolution=256", "model.vae_channels=[32,64,128,128]", "model.latent_channels=4",
+    "model.unet_channels=[64,128,256]", "model.unet_layers_per_block=2", "model.attention_head_dim=32",
+    "model.cross_attention_dim=256",
+]
+SETTINGS = ("tiny", "quickstart", "medium256")
 
 
 def setting_config(name: str, *, steps: int, precision: str = "fp32", checkpointing: bool = False):
-    """The Config of a named setting: ``tiny`` (tests/tinycfg sizes) or ``quickstart`` (64 px, no backbone)."""
+    """The Config of a named setting: ``tiny`` (tests/tinycfg sizes), ``quickstart`` (64 px, no backbone) or
+    ``medium256`` (256 px)."""
     from pftray.config import config_from_dict, load_config
 
     sets = [
@@ -42,14 +49,14 @@ def setting_config(name: str, *, steps: int, precision: str = "fp32", checkpoint
         f"model.gradient_checkpointing={str(checkpointing).lower()}",
     ]
     if name == "tiny":
-        if TINY_YAML.exists():
-            return load_config(TINY_YAML, sets)
         from tests.tinycfg import TINY
 
         return config_from_dict(TINY).replace(**{k: _parse(v) for k, v in (s.split("=", 1) for s in sets)})
     if name == "quickstart":
         return load_config(REPO / "configs" / "quickstart.yaml", ["model.backbone=", *sets])
-    raise ValueError(f"setting must be 'tiny' or 'quickstart', got {name!r}")
+    if name == "medium256":
+        return load_config(REPO / "configs" / "quickstart.yaml", ["model.backbone=", *MEDIUM256, *sets])
+    raise ValueError(f"setting must be one of {SETTINGS}, got {name!r}")
 
 
 def _parse(v: str) -> Any:
@@ -186,11 +193,12 @@ def concurrent_clients(name: str, *, k: int, steps: int, repeats: int) -> dict[s
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--settings", nargs="+", default=["tiny", "quickstart"])
+    ap.add_argument("--settings", nargs="+", default=["tiny", "quickstart"], choices=SETTINGS)
     ap.add_argument("--steps", type=int, default=8, help="local steps of the timed fit")
     ap.add_argument("--repeats", type=int, default=2, help="timed fits per figure (best is kept)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads on CPU")
     ap.add_argument("--clients-per-gpu", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--sections", nargs="+", default=["cpu", "gpu"], choices=("cpu", "gpu"))
     ap.add_argument("--json", default="bench/results/train.json")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
@@ -215,7 +223,7 @@ def main(argv=None) -> int:
         return 0
     common = ["--steps", str(args.steps), "--repeats", str(args.repeats), "--threads", str(args.threads)]
     cpu = []
-    for name in args.settings:
+    for name in args.settings if "cpu" in args.sections else []:
         r = run_isolated(["--settings", name, *common])
         cpu.append(r)
         print(
@@ -227,7 +235,9 @@ def main(argv=None) -> int:
     gpu: dict[str, Any] = {}
     import torch
 
-    if not torch.cuda.is_available():
+    if "gpu" not in args.sections:
+        gpu = {"skipped": "not asked for (--sections)"}
+    elif not torch.cuda.is_available():
         gpu = {"skipped": "torch.cuda.is_available() is False on this machine"}
         print("GPU section skipped: no CUDA device", flush=True)
     else:

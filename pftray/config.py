@@ -67,6 +67,7 @@ class ModelConfig:
     vae_channels: tuple[int, ...] = _f((16, 32, 64), "AutoencoderKL block widths; len-1 = log2 downsampling")
     vae_layers_per_block: int = _f(1, "resnet layers per VAE block", range=(1, 4))
     latent_channels: int = _f(8, "VAE latent channels", range=(1, 64))
+    vae_reference: bool = _f(False, "also feed the reference frame to the VAE encoder and decoder (see generator.py)")
     unet_channels: tuple[int, ...] = _f((32, 64), "UNet block widths")
     unet_layers_per_block: int = _f(1, "resnet layers per UNet block", range=(1, 4))
     attention_head_dim: int = _f(8, "channels per attention head", range=(1, 512))
@@ -179,6 +180,9 @@ class RuntimeConfig:
     num_gpus: int = _f(-1, "GPUs for a local Ray instance (-1 = detect)", range=(-1, 4096))
     tiers: tuple[TierConfig, ...] = _f((TierConfig(),), "worker tiers of a heterogeneous cluster")
     round_timeout_s: float = _f(3600.0, "a client not done by then counts as failed", range=(1.0, None))
+    dispatch: str = _f("dynamic", "clients to workers of their tier: 'dynamic' (a free worker takes the next chunk; "
+                       "needs the run directory on storage all of a tier's workers see) or 'static' (client id mod "
+                       "workers)", choices=("dynamic", "static"))
     resident_clients: int = _f(8, "client states kept in a worker's memory; the rest spill to disk",
                                range=(0, 1_000_000))
 

@@ -29,7 +29,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import av
 import numpy as np
 from PIL import Image
 from scipy.signal import resample_poly
@@ -84,7 +83,7 @@ class _Skip(Exception):
     """Internal: the current file is unusable for the given reason."""
 
 
-def _to_float(frame: av.AudioFrame) -> np.ndarray:
+def _to_float(frame) -> np.ndarray:
     """Decoded audio frame -> float64 ``[channels, samples]`` in [-1, 1]."""
     x = frame.to_ndarray()
     channels = (
@@ -117,6 +116,8 @@ def decode_video(path: Path, *, resolution: int) -> tuple[np.ndarray, np.ndarray
     Raises ``_Skip`` for files without a video or audio stream or without decodable frames; PyAV errors for
     corrupt files propagate (the caller reports them).
     """
+    import av  # PyAV (FFmpeg) is loaded only when videos are read
+
     with av.open(str(path)) as container:
         if not container.streams.video:
             raise _Skip("no video stream")
@@ -195,6 +196,8 @@ def prepare_dataset(
     Speakers are numbered in sorted order among those with at least ``heldout_clips + 1`` usable clips.
     ``progress(done, total, relative_path)`` is called after each file.
     """
+    import av
+
     source, out = Path(source), Path(out)
     if resolution < 16 or resolution % 16:
         raise ValueError(f"resolution must be a positive multiple of 16, got {resolution}")

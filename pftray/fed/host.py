@@ -86,16 +86,17 @@ class ClientStateStore:
         return self.root / str(client_id)
 
     def load(self, client_id: int, *, before_round: int) -> ClientState | None:
-        """The newest state written at a round < ``before_round`` (None for a client never trained)."""
+        """The newest state written at a round < ``before_round`` (None for a client never trained).
+
+        The resident copy is used only while it is the newest on disk: with dynamic dispatch another worker may
+        have trained (and saved) this client since."""
+        d = self._dir(client_id)
+        rounds = sorted(int(p.stem[1:]) for p in d.glob("r*.pt") if p.stem[1:].isdigit()) if d.exists() else []
+        rounds = [r for r in rounds if r < before_round]
         hit = self.resident.get(client_id)
-        if hit is not None and hit[0] < before_round:
+        if hit is not None and hit[0] < before_round and (not rounds or hit[0] >= rounds[-1]):
             self.resident.move_to_end(client_id)
             return hit[1]
-        d = self._dir(client_id)
-        if not d.exists():
-            return None
-        rounds = sorted(int(p.stem[1:]) for p in d.glob("r*.pt") if p.stem[1:].isdigit())
-        rounds = [r for r in rounds if r < before_round]
         return ClientState.load(d / f"r{rounds[-1]}.pt") if rounds else None
 
     def save(self, client_id: int, server_round: int, state: ClientState) -> None:
@@ -128,13 +129,19 @@ class ClientHost:
         self.states = ClientStateStore(Path(run_dir) / "clients", resident=cfg.runtime.resident_clients)
         self.pending: dict[int, ClientUpdate] = {}
         self.secagg: dict[int, Any] = {}
+        self.round = -1  # the round whose updates ``pending`` holds
 
     # ------------------------------------------------------------------------------------------------ fit
     def fit(self, client_ids: list[int], global_shared: np.ndarray, server_round: int,
             round_cfg: dict[str, Any]) -> list[dict[str, Any]]:
-        """Train each client locally; keep its delta here; return its scalar report."""
-        self.pending.clear()
-        self.secagg.clear()
+        """Train each client locally; keep its delta here; return its scalar report.
+
+        A round may reach this host in several calls (dynamic dispatch sends chunks of clients to whichever worker
+        is free), so the deltas kept from earlier rounds are dropped at the first call of a new round only."""
+        if server_round != self.round:
+            self.pending.clear()
+            self.secagg.clear()
+            self.round = server_round
         reports = []
         for cid in client_ids:
             t0 = time.perf_counter()

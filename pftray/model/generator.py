@@ -46,17 +46,39 @@ def _groups(channels: tuple[int, ...]) -> int:
     return g
 
 
+def _widen_conv_in(conv: nn.Conv2d, extra: int) -> nn.Conv2d:
+    """``conv`` with ``extra`` more input channels whose weights start at zero (the InstructPix2Pix way of adding
+    inputs to a trained network: it computes exactly what it did until training moves the new weights)."""
+    new = nn.Conv2d(conv.in_channels + extra, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                    bias=conv.bias is not None)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, : conv.in_channels].copy_(conv.weight)
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+    return new
+
+
 def build_vae(mcfg: ModelConfig, resolution: int) -> AutoencoderKL:
+    """The diffusers autoencoder. With ``vae_reference`` its encoder reads ``[residual, reference]`` (6 channels)
+    and its decoder reads ``[z, pixel_unshuffle(reference)]``: both ``conv_in`` layers are widened with zero-initialised
+    channels, so a pretrained diffusers VAE loads unchanged and learns to use the reference in pre-training."""
     n = len(mcfg.vae_channels)
     if mcfg.pretrained:
-        return AutoencoderKL.from_pretrained(Path(mcfg.pretrained) / "vae", local_files_only=True)
-    return AutoencoderKL(
-        in_channels=3, out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
-        block_out_channels=tuple(mcfg.vae_channels), layers_per_block=mcfg.vae_layers_per_block,
-        latent_channels=mcfg.latent_channels, norm_num_groups=_groups(tuple(mcfg.vae_channels)),
-        sample_size=resolution, mid_block_add_attention=False,
-    )
+        vae = AutoencoderKL.from_pretrained(Path(mcfg.pretrained) / "vae", local_files_only=True)
+    else:
+        vae = AutoencoderKL(
+            in_channels=3, out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+            block_out_channels=tuple(mcfg.vae_channels), layers_per_block=mcfg.vae_layers_per_block,
+            latent_channels=mcfg.latent_channels, norm_num_groups=_groups(tuple(mcfg.vae_channels)),
+            sample_size=resolution, mid_block_add_attention=False,
+        )
+    if mcfg.vae_reference:
+        down = 2 ** (len(vae.config.block_out_channels) - 1)
+        vae.encoder.conv_in = _widen_conv_in(vae.encoder.conv_in, 3)
+        vae.decoder.conv_in = _widen_conv_in(vae.decoder.conv_in, 3 * down * down)
+    return vae
 
 
 REF_CHANNELS = 16  # reference-frame feature maps fed to the UNet next to the noisy latent
@@ -132,10 +154,29 @@ class TalkingHeadModel(nn.Module):
             reference = reference[None]
         return (frames - reference) / 2
 
+    def _posterior(self, frames: torch.Tensor, reference: torch.Tensor):
+        if reference.dim() == 3:
+            reference = reference[None]
+        x = self._residual(frames, reference)
+        if self.mcfg.vae_reference:
+            x = torch.cat([x, reference.expand_as(x)], dim=1)
+        return self.vae.encode(x).latent_dist
+
+    def _vae_decode(self, z: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        """Raw VAE latents -> the residual ``D(z)`` (the reference's pixels reach the decoder when ``vae_reference``)."""
+        if not self.mcfg.vae_reference:
+            return self.vae.decode(z).sample
+        if reference.dim() == 3:
+            reference = reference[None]
+        if self.vae.post_quant_conv is not None:
+            z = self.vae.post_quant_conv(z)
+        ref = F.pixel_unshuffle(reference, self.down).to(z.dtype).expand(z.shape[0], -1, -1, -1)
+        return self.vae.decoder(torch.cat([z, ref], dim=1))
+
     def encode(self, frames: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         """Frames ``[N, 3, H, W]`` in [-1, 1] and their reference (``[N|1, 3, H, W]`` or ``[3, H, W]``) ->
         normalised residual latents (posterior mean: deterministic)."""
-        mean = self.vae.encode(self._residual(frames, reference)).latent_dist.mean
+        mean = self._posterior(frames, reference).mean
         return (mean - self.latent_shift[None, :, None, None]) * self.latent_scale
 
     def decode(self, latents: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -143,7 +184,7 @@ class TalkingHeadModel(nn.Module):
         z = latents / self.latent_scale + self.latent_shift[None, :, None, None]
         if reference.dim() == 3:
             reference = reference[None]
-        return (reference + 2 * self.vae.decode(z).sample).clamp(-1, 1)
+        return (reference + 2 * self._vae_decode(z, reference)).clamp(-1, 1)
 
     def reference_features(self, reference: torch.Tensor) -> torch.Tensor:
         """Reference frames ``[N, 3, H, W]`` -> feature maps on the latent grid ``[N, REF_CHANNELS, h, w]``."""
@@ -156,7 +197,7 @@ class TalkingHeadModel(nn.Module):
     @torch.no_grad()
     def fit_latent_stats(self, frames: torch.Tensor, references: torch.Tensor) -> None:
         """Per-channel shift and one global scale so that latents have zero mean and unit variance."""
-        mean = self.vae.encode(self._residual(frames, references)).latent_dist.mean
+        mean = self._posterior(frames, references).mean
         self.latent_shift.copy_(mean.mean(dim=(0, 2, 3)))
         self.latent_scale.fill_(1.0 / float((mean - self.latent_shift[None, :, None, None]).std()))
 
@@ -240,8 +281,8 @@ def vae_loss(model: TalkingHeadModel, frames: torch.Tensor, references: torch.Te
     fold on a CPU budget; the KL term still keeps the latent scale bounded. Returns ``(loss, recon)``.
     """
     target = model._residual(frames, references)
-    post = model.vae.encode(target).latent_dist
-    recon = model.vae.decode(post.mean).sample
+    post = model._posterior(frames, references)
+    recon = model._vae_decode(post.mean, references)
     rec = F.l1_loss(recon, target) + F.mse_loss(recon, target)
     kl = post.kl().mean() / math.prod(frames.shape[1:])
     return rec + kl_weight * kl, recon

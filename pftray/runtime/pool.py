@@ -3,9 +3,13 @@ driver uses to reach them. Actors are thin shells around :class:`pftray.fed.host
 
 * Each tier of ``runtime.tiers`` becomes ``num_workers`` actors with that tier's ``num_cpus``, ``num_gpus`` and
   custom ``resources``; a tier whose resources no node has is an error at start (not a hang).
-* Client ``k`` maps to a tier by the tiers' ``client_share`` (deterministic in ``k``) and to a worker of that
-  tier by ``k % num_workers``; the mapping never changes during a run, so a client's private state stays with
-  the run directory its worker writes to.
+* Client ``k`` maps to a tier by the tiers' ``client_share`` (deterministic in ``k``). Within its tier,
+  ``runtime.dispatch: dynamic`` (default) hands the round's clients out in chunks to whichever worker is free
+  (guided self-scheduling: chunk = remaining / (2 * workers), at least 1, two chunks in flight per worker), so
+  uneven clients or workers do not leave a worker idle at the end of the round; private states live under the
+  run directory, which all of a tier's workers must see. ``static`` pins client ``k`` to worker
+  ``k % num_workers``. Either way the worker that trained a client this round is the one asked for its
+  contribution and secure-aggregation messages.
 * The round's global weights are ``ray.put`` once and every worker receives the same object reference.
 * A worker that dies (killed process, OOM) makes its clients ``failed`` for that round; it is recreated before
   the next call.
@@ -14,6 +18,7 @@ driver uses to reach them. Actors are thin shells around :class:`pftray.fed.host
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -102,6 +107,7 @@ class RayPool:
             for wi in range(tier.num_workers):
                 self.workers[(ti, wi)] = self._spawn(ti, wi)
         self._obj_ref = None
+        self._trained_on: dict[int, tuple[int, int]] = {}  # this round: client -> the worker holding its delta
 
     def _spawn(self, ti: int, wi: int):
         tier = self.tiers[ti]
@@ -119,9 +125,11 @@ class RayPool:
         return ti, client_id % self.tiers[ti].num_workers
 
     def _groups(self, ids) -> dict[tuple[int, int], list[int]]:
+        """Clients by worker: the worker that trained the client this round, else its static worker."""
         groups: dict[tuple[int, int], list[int]] = {}
         for cid in ids:
-            groups.setdefault(self.worker_of(int(cid)), []).append(int(cid))
+            key = self._trained_on.get(int(cid)) or self.worker_of(int(cid))
+            groups.setdefault(key, []).append(int(cid))
         return groups
 
     def _gather(self, calls: dict[tuple[int, int], Any]) -> dict[tuple[int, int], Any]:
@@ -145,9 +153,64 @@ class RayPool:
     # ------------------------------------------------------------------------------------------ contract
     def fit(self, ids, global_shared: np.ndarray, server_round: int, round_cfg: dict[str, Any]) -> list[dict]:
         ref = ray.put(global_shared)  # once per round: every worker reads the same object
-        groups = self._groups(ids)
-        res = self._gather({k: self.workers[k].fit.remote(g, ref, server_round, round_cfg) for k, g in groups.items()})
-        return [rep for reps in res.values() for rep in reps]
+        self._trained_on = {}
+        if self.cfg.runtime.dispatch == "static":
+            groups = self._groups(ids)
+            res = self._gather({k: self.workers[k].fit.remote(g, ref, server_round, round_cfg)
+                                for k, g in groups.items()})
+            for key, reps in res.items():
+                self._trained_on.update({int(r["client_id"]): key for r in reps})
+            return [rep for reps in res.values() for rep in reps]
+        return self._fit_dynamic([int(c) for c in ids], ref, server_round, round_cfg)
+
+    def _fit_dynamic(self, ids: list[int], ref, server_round: int, round_cfg: dict[str, Any]) -> list[dict]:
+        queues: dict[int, list[int]] = {}
+        for cid in ids:
+            queues.setdefault(client_tier(cid, self.tiers), []).append(cid)
+
+        def next_chunk(ti: int) -> list[int]:
+            q = queues.get(ti, [])
+            n = max(1, -(-len(q) // (2 * self.tiers[ti].num_workers)))  # guided self-scheduling
+            chunk, queues[ti] = q[:n], q[n:]
+            return chunk
+
+        inflight: dict[Any, tuple[tuple[int, int], list[int]]] = {}
+
+        def submit(key: tuple[int, int]) -> None:
+            chunk = next_chunk(key[0])
+            if chunk:
+                inflight[self.workers[key].fit.remote(chunk, ref, server_round, round_cfg)] = (key, chunk)
+
+        for _ in range(2):  # two chunks in flight per worker: the next one is queued when one ends
+            for key in list(self.workers):
+                submit(key)
+        reports: list[dict] = []
+        deadline = time.monotonic() + self.timeout
+        while inflight:
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
+            key, chunk = inflight.pop(ready[0])
+            try:
+                reps = ray.get(ready[0])
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorDiedError) as exc:
+                # its clients count as failed this round (one of them may be what killed it); the queue goes on
+                log.warning("worker %s died training clients %s: %s; respawning", key, chunk[:5], type(exc).__name__)
+                for r in [r for r, (k, _) in inflight.items() if k == key]:
+                    queues[key[0]] = inflight.pop(r)[1] + queues[key[0]]  # never started: back to the queue
+                self.workers[key] = self._spawn(*key)
+                submit(key)
+                continue
+            for rep in reps:
+                self._trained_on[int(rep["client_id"])] = key
+            reports.extend(reps)
+            submit(key)
+        if inflight:  # the round timeout passed: late workers are replaced, their clients failed
+            for key in {k for k, _ in inflight.values()}:
+                log.warning("worker %s did not answer within %.0f s; replacing it", key, self.timeout)
+                ray.kill(self.workers[key])
+                self.workers[key] = self._spawn(*key)
+        return reports
 
     def contribute(self, scales: dict[int, float], *, clipping_norm: float, noise_std: float,
                    seed: int) -> tuple[np.ndarray, dict[int, dict[str, Any]]]:

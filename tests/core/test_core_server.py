@@ -156,3 +156,48 @@ def test_sample_level_dp_sgd_run_reports_its_own_epsilon(tmp_path):
     summary = json.loads((tmp_path / "run" / "privacy.json").read_text())
     assert summary["epsilon"] is None  # no client-level DP in this run: no client-level number is claimed
     assert summary["sample_level"]["epsilon_max_over_clients"] == pytest.approx(eps.max())
+
+
+def test_state_store_never_serves_a_stale_resident_state(tmp_path):
+    """Two workers share the run directory (dynamic dispatch): a client trained on worker B after worker A cached
+    it must be loaded from B's newer file, not from A's memory."""
+    import torch
+
+    from pftray.fed.client import ClientState
+    from pftray.fed.host import ClientStateStore
+
+    a, b = ClientStateStore(tmp_path, resident=4), ClientStateStore(tmp_path, resident=4)
+    a.save(7, 1, ClientState({"w": torch.zeros(2)}, rounds_trained=1))
+    assert a.load(7, before_round=2).rounds_trained == 1
+    b.save(7, 3, ClientState({"w": torch.ones(2)}, rounds_trained=2))
+    got = a.load(7, before_round=5)
+    assert got.rounds_trained == 2 and torch.equal(got.identity["w"], torch.ones(2))
+    assert a.load(7, before_round=3).rounds_trained == 1  # what existed before round 3
+    assert a.load(8, before_round=5) is None
+
+
+def test_host_keeps_every_chunk_of_a_round_until_contribute(tmp_path):
+    """Dynamic dispatch sends a round to a worker in several calls: all their deltas must reach ``contribute``;
+    a new round drops the previous round's deltas."""
+    cfg = tiny_config(**{"data.num_clients": 3})
+    host = ClientHost(cfg, tmp_path)
+    g = initial_shared(cfg)
+    host.fit([0], g, 1, {})
+    host.fit([1, 2], g, 1, {})
+    assert set(host.pending) == {0, 1, 2}
+    total, info = host.contribute({0: 0.5, 1: 0.25, 2: 0.25})
+    expected = sum(s * host_delta for s, host_delta in zip((0.5, 0.25, 0.25), _deltas(cfg, tmp_path, g)))
+    np.testing.assert_allclose(total, expected, rtol=1e-5, atol=1e-7)
+    host.fit([0], g, 2, {})
+    host.fit([1], g, 3, {})
+    assert set(host.pending) == {1}
+
+
+def _deltas(cfg, tmp_path, g):
+    """Each client's round-1 delta, trained alone by a fresh host in a fresh directory (same seeds)."""
+    out = []
+    for cid in (0, 1, 2):
+        h = ClientHost(cfg, tmp_path / f"alone{cid}")
+        h.fit([cid], g, 1, {})
+        out.append(h.pending[cid].delta)
+    return out

@@ -59,9 +59,10 @@ def test_workers_get_the_fractional_gpus_asked_for(ray_session, tmp_path):
         pool.shutdown()
 
 
-def test_round_over_ray_then_killed_worker_round_completes_and_worker_is_recreated(ray_session, tmp_path):
+@pytest.mark.parametrize("dispatch", ["static", "dynamic"])
+def test_round_over_ray_then_killed_worker_round_completes_and_worker_is_recreated(ray_session, tmp_path, dispatch):
     cfg = _cfg([{"name": "cpu", "num_workers": 2, "num_cpus": 0.5, "num_gpus": 0.5}],
-               **{"fed.rounds": 3, "fed.clients_per_round": 4, "fed.min_clients": 1})
+               **{"fed.rounds": 3, "fed.clients_per_round": 4, "fed.min_clients": 1, "runtime.dispatch": dispatch})
     run = RunDir(tmp_path / "run")
     prepare_run(cfg, run)
     pool = RayPool(cfg, str(run.path))
@@ -79,12 +80,43 @@ def test_round_over_ray_then_killed_worker_round_completes_and_worker_is_recreat
     assert rounds["status"].tolist() == ["ok", "ok", "ok"]
     r2 = clients[clients.server_round == 2]
     lost = set(r2[r2.status == "failed"].client_id)
-    assert lost == {c for c in range(4) if pool.worker_of(c) == victim}
+    if dispatch == "static":
+        assert lost == {c for c in range(4) if pool.worker_of(c) == victim}
+    else:  # the chunk the dead worker was running is lost; its queued chunk goes back to the queue
+        assert len(lost) == 1, lost
+        assert (r2[~r2.client_id.isin(lost)].status == "ok").all()
     assert "worker lost" in r2[r2.status == "failed"].message.iloc[0]
     assert rounds.loc[rounds.server_round == 2, "n_failed"].item() == len(lost)
     r3 = clients[clients.server_round == 3]
     assert (r3.status == "ok").all()  # the recreated worker serves its clients again
     assert set(clients[clients.status == "ok"].gpu_ids) <= {"0", "1"}
+
+
+def _two_rounds(cfg, path):
+    run = RunDir(path)
+    prepare_run(cfg, run)
+    pool = RayPool(cfg, str(run.path))
+    try:
+        server = FederatedServer(cfg, run, pool, initial_shared(cfg), num_registered=cfg.data.num_clients)
+        server.round(1)
+        server.round(2)
+        workers = set(load_run(run.path)["clients"].worker)
+        return server.state, workers
+    finally:
+        pool.shutdown()
+
+
+def test_dynamic_dispatch_spreads_a_round_and_matches_static_dispatch_exactly(ray_session, tmp_path):
+    """Clients train on whichever worker is free, over several chunks per worker and round, and private states
+    move between workers through the run directory: the global weights after two rounds (the second reloads
+    each client's state from round 1) are bit-identical to static client-to-worker pinning."""
+    tiers = [{"name": "cpu", "num_workers": 2, "num_cpus": 0.5}]
+    kw = {"fed.rounds": 2, "fed.clients_per_round": 4, "data.num_clients": 4, "runtime.resident_clients": 1}
+    static, w_static = _two_rounds(_cfg(tiers, **kw, **{"runtime.dispatch": "static"}), tmp_path / "static")
+    dynamic, w_dynamic = _two_rounds(_cfg(tiers, **kw, **{"runtime.dispatch": "dynamic"}), tmp_path / "dynamic")
+    assert w_static == w_dynamic == {"cpu-0", "cpu-1"}
+    np.testing.assert_allclose(dynamic.global_shared, static.global_shared, rtol=1e-5, atol=1e-7)
+    assert np.abs(dynamic.global_shared - initial_shared(_cfg(tiers, **kw))).max() > 0  # training happened
 
 
 def test_heterogeneous_multinode_cluster_places_each_tier_on_matching_nodes(tmp_path):
