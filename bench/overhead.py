@@ -56,8 +56,8 @@ class SyntheticHost:
         self, client_ids: list[int], global_shared: np.ndarray, server_round: int, round_cfg: dict[str, Any]
     ) -> list[dict[str, Any]]:
         if server_round != self.round:
-            # per round, not per call (ClientHost clears per call): with dynamic dispatch a worker receives
-            # several chunks of one round and must keep every chunk's pending delta until ``contribute``
+            # per round, not per call (as ClientHost): with dynamic dispatch a worker receives several chunks
+            # of one round and must keep every chunk's pending delta until ``contribute``
             self.pending.clear()
             self.round = server_round
         reports = []
@@ -147,35 +147,24 @@ def _synthetic_worker_class():
 
 def synthetic_pool_class():
     """``RayPool`` with ``_spawn`` creating synthetic-workload actors (built lazily: importing Ray is slow)."""
-    import ray
 
     from pftray.runtime.pool import RayPool
 
     worker_cls = _synthetic_worker_class()
 
     class SyntheticRayPool(RayPool):
-        """``RayPool`` over synthetic-workload actors. ``dispatch="static"`` is pftray's own ``fit`` (one call per
-        worker with its fixed share ``k % workers`` of the clients); ``dispatch="dynamic"`` demonstrates the
-        proposed change: guided self-scheduling (Polychronopoulos & Kuck 1987) of the round's clients, each
-        worker pulling its next chunk of ``ceil(remaining / (2 * workers))`` clients when it finishes one (large
-        chunks first, single clients at the tail, so no worker waits long on another), and ``contribute``
-        addressing the worker that trained each client (not ``worker_of``)."""
+        """``RayPool`` over synthetic-workload actors: pftray's own ``fit`` (``runtime.dispatch`` of the config:
+        ``dynamic`` hands chunks to whichever worker is free, ``static`` pins client ``k`` to worker
+        ``k % workers``), ``contribute`` and gathering; only the actors' class differs."""
 
-        def __init__(self, cfg, run_dir: str, *, iters: int, dispatch: str = "static"):
-            if dispatch not in ("static", "dynamic"):
-                raise ValueError(f"dispatch must be 'static' or 'dynamic', got {dispatch!r}")
-            self.iters, self.dispatch = iters, dispatch
+        def __init__(self, cfg, run_dir: str, *, iters: int):
+            self.iters = iters
             self.last_compute_s = self.last_compute_cpu_s = 0.0
             self.last_worker_compute_s: dict[str, float] = {}
-            self.trained_on: dict[int, tuple[int, int]] = {}
             super().__init__(cfg, run_dir)
 
         def fit(self, ids, global_shared, server_round, round_cfg):
-            if self.dispatch == "static":
-                reports = super().fit(ids, global_shared, server_round, round_cfg)
-                self.trained_on = {int(c): self.worker_of(int(c)) for c in ids}
-            else:
-                reports = self._fit_dynamic([int(c) for c in ids], global_shared, server_round, round_cfg)
+            reports = super().fit(ids, global_shared, server_round, round_cfg)
             # the busy loop's own wall time, summed over the round's clients (what Flower's clients report too)
             self.last_compute_s = float(sum(rep["compute_s"] for rep in reports))
             self.last_compute_cpu_s = float(sum(rep["compute_cpu_s"] for rep in reports))
@@ -184,39 +173,6 @@ def synthetic_pool_class():
                 per_worker[rep["worker"]] = per_worker.get(rep["worker"], 0.0) + rep["compute_s"]
             self.last_worker_compute_s = per_worker
             return reports
-
-        def _fit_dynamic(self, ids, global_shared, server_round, round_cfg):
-            ref = ray.put(global_shared)  # once per round, as RayPool.fit
-            todo = list(ids)
-            inflight: dict[Any, tuple[tuple[int, int], list[int]]] = {}
-
-            def submit(key):
-                size = max(1, -(-len(todo) // (2 * len(self.workers))))
-                chunk, todo[:size] = todo[:size], []
-                inflight[self.workers[key].fit.remote(chunk, ref, server_round, round_cfg)] = (key, chunk)
-
-            for key in self.workers:
-                if todo:
-                    submit(key)
-            reports, self.trained_on = [], {}
-            while inflight:
-                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=self.timeout)
-                if not ready:
-                    raise RuntimeError(f"no worker answered within {self.timeout:.0f} s")
-                key, chunk = inflight.pop(ready[0])
-                reports += ray.get(ready[0])
-                self.trained_on.update(dict.fromkeys(chunk, key))
-                if todo:
-                    submit(key)
-            return reports
-
-        def _groups(self, ids):
-            if self.dispatch == "static":
-                return super()._groups(ids)
-            groups: dict[tuple[int, int], list[int]] = {}
-            for cid in ids:
-                groups.setdefault(self.trained_on[int(cid)], []).append(int(cid))
-            return groups
 
         def _spawn(self, ti: int, wi: int):
             tier = self.tiers[ti]
@@ -283,7 +239,7 @@ def summarise(
 
 
 def pftray_rounds(
-    *, clients: int, iters: int, d: int, rounds: int, workers: int, dispatch: str = "static"
+    *, clients: int, iters: int, d: int, rounds: int, workers: int, dispatch: str = "dynamic"
 ) -> dict[str, Any]:
     """``rounds + 1`` rounds of the pftray server over a :class:`SyntheticRayPool` on the running Ray instance;
     checks the aggregate against the closed form of :func:`bench.workload.expected_fedavg`."""
@@ -291,11 +247,11 @@ def pftray_rounds(
     from pftray.results import RunDir
     from pftray.runtime.driver import prepare_run
 
-    cfg = bench_config(clients=clients, workers=workers, rounds=rounds)
+    cfg = bench_config(clients=clients, workers=workers, rounds=rounds).replace(**{"runtime.dispatch": dispatch})
     tmp = Path(tempfile.mkdtemp(prefix="pftray-overhead-"))
     run = RunDir(tmp / "run")
     prepare_run(cfg, run)
-    pool = synthetic_pool_class()(cfg, str(run.path), iters=iters, dispatch=dispatch)
+    pool = synthetic_pool_class()(cfg, str(run.path), iters=iters)
     try:
         pool.placement()  # actors up before the clock starts
         server = FederatedServer(cfg, run, pool, np.zeros(d, np.float32), num_registered=clients)
@@ -322,7 +278,7 @@ def pftray_rounds(
         pool.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
     return {
-        "framework": "pftray" if dispatch == "static" else f"pftray-{dispatch}",
+        "framework": "pftray" if dispatch == "dynamic" else f"pftray-{dispatch}",
         "clients": clients,
         "iters": iters,
         "d": d,
@@ -335,7 +291,7 @@ def pftray_rounds(
 
 
 def run_pftray(
-    *, clients: int, iters: int, d: int, rounds: int, workers: int, temp_dir: str, dispatch: str = "static"
+    *, clients: int, iters: int, d: int, rounds: int, workers: int, temp_dir: str, dispatch: str = "dynamic"
 ) -> dict[str, Any]:
     """:func:`pftray_rounds` on a fresh local Ray of ``workers`` CPUs (its own ``temp_dir``)."""
     import ray
@@ -406,9 +362,9 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--dispatch",
         nargs="+",
-        default=["static"],
+        default=["dynamic"],
         choices=("static", "dynamic"),
-        help="pftray's client dispatch: static = pftray's RayPool.fit; dynamic = the proposed chunked pull",
+        help="pftray's runtime.dispatch (dynamic is the default; static pins client k to worker k %% workers)",
     )
     ap.add_argument("--json", default="bench/results/overhead.json")
     ap.add_argument(
@@ -427,7 +383,7 @@ def main(argv=None) -> int:
     for work in args.work:
         iters = calibrate(work)
         for n in args.clients:
-            sides = [f"pftray-{x}" for x in args.dispatch] + (["flower"] if python else [])
+            sides = [f"pftray-{x}" for x in args.dispatch] + (["flower"] if python else [])  # pftray-dynamic: "pftray"
             for side in sides:
                 temp_dir = tempfile.mkdtemp(prefix=f"ray-{side[:2]}-", dir="/tmp")
                 kw = dict(

@@ -91,13 +91,13 @@ def test_synthetic_host_contract_through_the_real_server(tmp_path):
 def test_pftray_overhead_rounds_over_ray(ray_session):
     from bench.overhead import pftray_rounds
 
-    res = pftray_rounds(clients=4, iters=10, d=1000, rounds=1, workers=2)
-    assert res["framework"] == "pftray" and res["max_abs_error"] < 1e-6
+    res = pftray_rounds(clients=4, iters=10, d=1000, rounds=1, workers=2, dispatch="static")
+    assert res["framework"] == "pftray-static" and res["max_abs_error"] < 1e-6
     assert len(res["rounds_s"]) == 2 and res["round_s"] > 0
     assert res["compute_s"] > 0 and res["overhead_s"] <= res["round_s"]
-    # the proposed dynamic dispatch (several chunks per worker and round) must aggregate the same vector
-    dyn = pftray_rounds(clients=9, iters=10, d=100, rounds=1, workers=2, dispatch="dynamic")
-    assert dyn["framework"] == "pftray-dynamic" and dyn["max_abs_error"] < 1e-6
+    # the default dynamic dispatch (several chunks per worker and round) must aggregate the same vector
+    dyn = pftray_rounds(clients=9, iters=10, d=100, rounds=1, workers=2)
+    assert dyn["framework"] == "pftray" and dyn["max_abs_error"] < 1e-6
     assert dyn["worker_imbalance_s"] >= 0
 
 
