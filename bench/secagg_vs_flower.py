@@ -34,28 +34,40 @@ def settings(n: int) -> list[tuple[str, int, int]]:
     return [("flower-example", 2, 2), ("dense", dense, 6 if dense >= 6 else max(2, dense // 2 + 1))]
 
 
-def run_pair(n: int, d: int, degree: int, threshold: int, *, reps: int, python: str) -> dict[str, Any]:
+def run_pair(
+    n: int, d: int, degree: int, threshold: int, *, reps: int, python: str, flower_timeout: float = 900.0
+) -> dict[str, Any]:
+    import subprocess
+
     from bench.flower_side import run_in_flower_venv
     from pftray.privacy.secagg import benchmark_secagg
 
     p = benchmark_secagg(n, d, degree=degree if degree < n - 1 else None, threshold=threshold, reps=reps)
-    f = run_in_flower_venv(
-        [
-            "secagg",
-            "--n",
-            str(n),
-            "--d",
-            str(d),
-            "--num-shares",
-            str(degree + 1),
-            "--threshold",
-            str(threshold),
-            "--reps",
-            str(reps),
-        ],
-        python=python,
-        env={"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
-    )
+    row = {"n": n, "d": d, "degree": degree, "threshold": threshold, "pftray": {"framework": "pftray", **p}}
+    if not python:
+        return row
+    try:
+        f = run_in_flower_venv(
+            [
+                "secagg",
+                "--n",
+                str(n),
+                "--d",
+                str(d),
+                "--num-shares",
+                str(degree + 1),
+                "--threshold",
+                str(threshold),
+                "--reps",
+                str(reps),
+            ],
+            python=python,
+            env={"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
+            timeout=flower_timeout,
+        )
+    except subprocess.TimeoutExpired:  # recorded as such: a lower bound on Flower's time, no ratio
+        row["flower"] = {"framework": "flower", "timed_out_s": flower_timeout}
+        return row
     p_total = p["client_seconds"] + p["server_seconds"]
     f_total = f["client_seconds"] + f["server_seconds"]
     return {
@@ -78,13 +90,18 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--only", choices=("flower-example", "dense"), default=None)
     ap.add_argument("--flower-python", default="")
+    ap.add_argument("--no-flower", action="store_true", help="pftray's side only")
+    ap.add_argument(
+        "--flower-timeout", type=float, default=900.0, help="seconds before a Flower cell is given up"
+    )
+    ap.add_argument("--append", action="store_true", help="keep the rows of --json for other (n, d, setting)")
     ap.add_argument("--json", default="bench/results/secagg_vs_flower.json")
     args = ap.parse_args(argv)
     for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[k] = "1"
     from bench.flower_side import ensure_flower_venv
 
-    python = args.flower_python or ensure_flower_venv()
+    python = "" if args.no_flower else args.flower_python or ensure_flower_venv()
     rows = []
     print(
         f"{'n':>4s}{'d':>8s}{'nbrs':>5s}{'t':>3s} | {'client s':>9s}{'driver s':>9s}{'bytes/cl':>10s}{'x f32':>7s}"
@@ -96,10 +113,20 @@ def main(argv=None) -> int:
             if args.only and label != args.only:
                 continue
             for d in args.d:
-                r = run_pair(n, d, degree, threshold, reps=args.reps, python=python)
+                r = run_pair(
+                    n, d, degree, threshold, reps=args.reps, python=python, flower_timeout=args.flower_timeout
+                )
                 r["setting"] = label
                 rows.append(r)
-                p, f = r["pftray"], r["flower"]
+                p, f = r["pftray"], r.get("flower")
+                if f is None or "timed_out_s" in f:
+                    why = "not run" if f is None else f"not done in {f['timed_out_s']:.0f} s"
+                    print(
+                        f"{n:4d}{d:8d}{degree:5d}{threshold:3d} | {p['client_seconds']:9.4f}{p['server_seconds']:9.4f}"
+                        f"{p['bytes_per_client']:10.0f}{p['expansion']:7.3f} | Flower {why}",
+                        flush=True,
+                    )
+                    continue
                 print(
                     f"{n:4d}{d:8d}{degree:5d}{threshold:3d} | {p['client_seconds']:9.4f}{p['server_seconds']:9.4f}"
                     f"{p['bytes_per_client']:10.0f}{p['expansion']:7.3f} | {f['client_seconds']:9.4f}"
@@ -107,7 +134,11 @@ def main(argv=None) -> int:
                     f"{r['round_speedup']:7.1f}x",
                     flush=True,
                 )
-    head = [r for r in rows if r["n"] == 100 and r["d"] == 100_000]
+    if args.append and Path(args.json).exists():
+        done = {(r["n"], r["d"], r["setting"]) for r in rows}
+        old = json.loads(Path(args.json).read_text())["rows"]
+        rows = [r for r in old if (r["n"], r["d"], r["setting"]) not in done] + rows
+    head = [r for r in rows if r["n"] == 100 and r["d"] == 100_000 and "round_speedup" in r]
     targets = {
         "speedup_min": TARGET_SPEEDUP,
         "expansion_max": TARGET_EXPANSION,

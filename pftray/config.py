@@ -67,6 +67,9 @@ class ModelConfig:
     vae_channels: tuple[int, ...] = _f((16, 32, 64), "AutoencoderKL block widths; len-1 = log2 downsampling")
     vae_layers_per_block: int = _f(1, "resnet layers per VAE block", range=(1, 4))
     latent_channels: int = _f(8, "VAE latent channels", range=(1, 64))
+    autoencoder: str = _f("vae", "latent space of the residual to the reference: 'vae' (diffusers AutoencoderKL, "
+                          "pre-trained) or 'space_to_depth' (pixel-unshuffled to the latent grid: lossless, no VAE "
+                          "stage)", choices=("vae", "space_to_depth"))
     vae_reference: bool = _f(False, "also feed the reference frame to the VAE encoder and decoder (see generator.py)")
     unet_channels: tuple[int, ...] = _f((32, 64), "UNet block widths")
     unet_layers_per_block: int = _f(1, "resnet layers per UNet block", range=(1, 4))

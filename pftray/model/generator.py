@@ -130,10 +130,16 @@ class TalkingHeadModel(nn.Module):
     def __init__(self, mcfg: ModelConfig, dcfg: DataConfig):
         super().__init__()
         self.mcfg, self.resolution = mcfg, dcfg.resolution
-        self.vae = build_vae(mcfg, dcfg.resolution)
-        down = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.s2d = mcfg.autoencoder == "space_to_depth"
+        if self.s2d:  # no autoencoder to learn: the latent is the residual itself, rearranged onto the grid
+            self.vae = None
+            down = 2 ** (len(mcfg.vae_channels) - 1)
+            self.latent_channels = 3 * down * down
+        else:
+            self.vae = build_vae(mcfg, dcfg.resolution)
+            down = 2 ** (len(self.vae.config.block_out_channels) - 1)
+            self.latent_channels = self.vae.config.latent_channels
         self.down = down
-        self.latent_channels = self.vae.config.latent_channels
         self.latent_size = dcfg.resolution // down
         self.unet = build_unet(mcfg, self.latent_size, self.latent_channels)
         self.ref_proj = nn.Conv2d(3 * down * down, REF_CHANNELS, 1)
@@ -164,6 +170,8 @@ class TalkingHeadModel(nn.Module):
 
     def _vae_decode(self, z: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         """Raw VAE latents -> the residual ``D(z)`` (the reference's pixels reach the decoder when ``vae_reference``)."""
+        if self.s2d:
+            return F.pixel_shuffle(z, self.down)
         if not self.mcfg.vae_reference:
             return self.vae.decode(z).sample
         if reference.dim() == 3:
@@ -173,10 +181,15 @@ class TalkingHeadModel(nn.Module):
         ref = F.pixel_unshuffle(reference, self.down).to(z.dtype).expand(z.shape[0], -1, -1, -1)
         return self.vae.decoder(torch.cat([z, ref], dim=1))
 
+    def _latent_mean(self, frames: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        if self.s2d:
+            return F.pixel_unshuffle(self._residual(frames, reference), self.down)
+        return self._posterior(frames, reference).mean
+
     def encode(self, frames: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         """Frames ``[N, 3, H, W]`` in [-1, 1] and their reference (``[N|1, 3, H, W]`` or ``[3, H, W]``) ->
         normalised residual latents (posterior mean: deterministic)."""
-        mean = self._posterior(frames, reference).mean
+        mean = self._latent_mean(frames, reference)
         return (mean - self.latent_shift[None, :, None, None]) * self.latent_scale
 
     def decode(self, latents: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -197,7 +210,7 @@ class TalkingHeadModel(nn.Module):
     @torch.no_grad()
     def fit_latent_stats(self, frames: torch.Tensor, references: torch.Tensor) -> None:
         """Per-channel shift and one global scale so that latents have zero mean and unit variance."""
-        mean = self._posterior(frames, references).mean
+        mean = self._latent_mean(frames, references)
         self.latent_shift.copy_(mean.mean(dim=(0, 2, 3)))
         self.latent_scale.fill_(1.0 / float((mean - self.latent_shift[None, :, None, None]).std()))
 

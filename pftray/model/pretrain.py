@@ -59,7 +59,8 @@ def pretrain(cfg: Config, out: str | Path, *, progress: Callable[[str, int, int,
     refs_t = _to_t(refs).to(device)  # [identities, 3, H, W]
     rng = np.random.default_rng((cfg.experiment.seed, 23))
     state: dict[str, Any] = {"phase": "vae", "step": 0, "times": {"vae": 0.0, "unet": 0.0}, "losses": []}
-    opt = torch.optim.Adam(model.vae.parameters(), lr=p.lr_vae)
+    opt = (torch.optim.Adam(model.vae.parameters(), lr=p.lr_vae) if model.vae is not None
+           else _unet_optimizer(model, p.lr_unet))
     gen = torch.Generator().manual_seed(cfg.experiment.seed)  # noise and timesteps of the UNet stage
     if partial.exists():
         blob = torch.load(partial, map_location="cpu", weights_only=False)
@@ -78,6 +79,11 @@ def pretrain(cfg: Config, out: str | Path, *, progress: Callable[[str, int, int,
                                 "optimizer": opt.state_dict()})
 
     # ---- stage 1: VAE on all public frames
+    if state["phase"] == "vae" and model.vae is None:  # space_to_depth: nothing to learn before the UNet
+        with torch.no_grad():
+            idx = rng.integers(0, len(frames), size=min(512, len(frames)))
+            model.fit_latent_stats(_to_t(frames[idx]).to(device), refs_t[frame_ident[idx]])
+        state.update(phase="unet", step=0)
     if state["phase"] == "vae":
         model.vae.train()
         t0 = time.perf_counter() - state["times"]["vae"]
@@ -104,7 +110,8 @@ def pretrain(cfg: Config, out: str | Path, *, progress: Callable[[str, int, int,
         checkpoint()
 
     # ---- stage 2: UNet + condition encoder on cached latents (the VAE is frozen)
-    model.vae.requires_grad_(False)
+    if model.vae is not None:
+        model.vae.requires_grad_(False)
     with torch.no_grad():
         lat = torch.cat([model.encode(_to_t(frames[i: i + 256]).to(device), refs_t[frame_ident[i: i + 256]])
                          for i in range(0, len(frames), 256)])

@@ -5,7 +5,7 @@ driver uses to reach them. Actors are thin shells around :class:`pftray.fed.host
   custom ``resources``; a tier whose resources no node has is an error at start (not a hang).
 * Client ``k`` maps to a tier by the tiers' ``client_share`` (deterministic in ``k``). Within its tier,
   ``runtime.dispatch: dynamic`` (default) hands the round's clients out in chunks to whichever worker is free
-  (guided self-scheduling: chunk = remaining / (2 * workers), at least 1, two chunks in flight per worker), so
+  (guided self-scheduling: chunk = remaining / (2 * workers), at least 1, one chunk in flight per worker), so
   uneven clients or workers do not leave a worker idle at the end of the round; private states live under the
   run directory, which all of a tier's workers must see. ``static`` pins client ``k`` to worker
   ``k % num_workers``. Either way the worker that trained a client this round is the one asked for its
@@ -181,9 +181,11 @@ class RayPool:
             if chunk:
                 inflight[self.workers[key].fit.remote(chunk, ref, server_round, round_cfg)] = (key, chunk)
 
-        for _ in range(2):  # two chunks in flight per worker: the next one is queued when one ends
-            for key in list(self.workers):
-                submit(key)
+        # One chunk in flight per worker: a second one queued in advance would commit clients to a worker before
+        # it is known which worker frees up first (at 10 clients of ~1 s on 2 workers that alone costs ~0.75 s a
+        # round); the gap it would hide is one actor round trip (~1 ms) per chunk.
+        for key in list(self.workers):
+            submit(key)
         reports: list[dict] = []
         deadline = time.monotonic() + self.timeout
         while inflight:
@@ -196,8 +198,6 @@ class RayPool:
             except (ray.exceptions.RayActorError, ray.exceptions.ActorDiedError) as exc:
                 # its clients count as failed this round (one of them may be what killed it); the queue goes on
                 log.warning("worker %s died training clients %s: %s; respawning", key, chunk[:5], type(exc).__name__)
-                for r in [r for r, (k, _) in inflight.items() if k == key]:
-                    queues[key[0]] = inflight.pop(r)[1] + queues[key[0]]  # never started: back to the queue
                 self.workers[key] = self._spawn(*key)
                 submit(key)
                 continue

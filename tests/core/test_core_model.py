@@ -145,3 +145,33 @@ def test_client_state_persists_identity_and_optimizer(cfg, client):
     assert s2.rounds_trained == 2 and s2.optimizer["state"]
     s1b = type(s1).from_bytes(s1.to_bytes())
     assert all(torch.equal(s1b.identity[k], s1.identity[k]) for k in s1.identity)
+
+
+def test_widened_conv_in_computes_what_it_did_until_trained():
+    from pftray.model.generator import _widen_conv_in
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+    wide = _widen_conv_in(conv, 5)
+    x, extra = torch.randn(2, 3, 8, 8), torch.randn(2, 5, 8, 8)
+    assert wide.in_channels == 8
+    torch.testing.assert_close(wide(torch.cat([x, extra], 1)), conv(x), rtol=0, atol=1e-6)
+
+
+def test_reference_conditioned_vae_reads_the_reference_and_trains_it():
+    from pftray.model.generator import TalkingHeadModel, vae_loss
+
+    cfg = tiny_config(**{"model.vae_reference": True})
+    torch.manual_seed(0)
+    model = TalkingHeadModel(cfg.model, cfg.data)
+    res = cfg.data.resolution
+    frames, ref = torch.rand(3, 3, res, res) * 2 - 1, torch.rand(3, 3, res, res) * 2 - 1
+    assert model.vae.encoder.conv_in.in_channels == 6
+    assert model.vae.decoder.conv_in.in_channels == cfg.model.latent_channels + 3 * model.down ** 2
+    z = model.encode(frames, ref)
+    assert z.shape == (3, cfg.model.latent_channels, model.latent_size, model.latent_size)
+    assert model.decode(z, ref).shape == frames.shape
+    loss, _ = vae_loss(model, frames, ref, 1e-6)
+    loss.backward()  # the zero-initialised reference weights receive gradient: training can use them
+    assert model.vae.decoder.conv_in.weight.grad[:, cfg.model.latent_channels:].abs().sum() > 0
+    assert model.vae.encoder.conv_in.weight.grad[:, 3:].abs().sum() > 0

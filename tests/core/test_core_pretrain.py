@@ -44,3 +44,23 @@ def test_backbone_with_other_sizes_is_rejected_by_name(tmp_path):
     model = TalkingHeadModel(other.model, other.data)
     with pytest.raises(ValueError, match=r"bb.pt: backbone (does not match|tensor)"):
         model.load_backbone(tmp_path / "bb.pt")
+
+
+def test_space_to_depth_latent_is_lossless_and_pretrains_without_a_vae_stage(tmp_path):
+    cfg = tiny_config(**{"model.autoencoder": "space_to_depth", "pretrain.vae_steps": 5, "pretrain.unet_steps": 2,
+                         "pretrain.batch_clips": 2})
+    torch.manual_seed(0)
+    model = TalkingHeadModel(cfg.model, cfg.data)
+    assert model.vae is None and model.latent_channels == 3 * model.down ** 2
+    res = cfg.data.resolution
+    frames, ref = torch.rand(2, 3, res, res) * 2 - 1, torch.rand(3, res, res) * 2 - 1
+    model.fit_latent_stats(frames, ref[None].expand(2, -1, -1, -1))
+    z = model.encode(frames, ref)
+    assert z.shape == (2, model.latent_channels, res // model.down, res // model.down)
+    torch.testing.assert_close(model.decode(z, ref), frames, rtol=0, atol=1e-5)  # the ceiling is exact
+    seen = []
+    pretrain(cfg, tmp_path / "s2d.pt", progress=lambda ph, st, tot, loss: seen.append(ph))
+    assert seen == ["unet", "unet"]  # no VAE steps were run
+    loaded = TalkingHeadModel(cfg.model, cfg.data)
+    loaded.load_backbone(tmp_path / "s2d.pt")
+    assert float(loaded.latent_scale) != 1.0

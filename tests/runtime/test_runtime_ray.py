@@ -82,7 +82,7 @@ def test_round_over_ray_then_killed_worker_round_completes_and_worker_is_recreat
     lost = set(r2[r2.status == "failed"].client_id)
     if dispatch == "static":
         assert lost == {c for c in range(4) if pool.worker_of(c) == victim}
-    else:  # the chunk the dead worker was running is lost; its queued chunk goes back to the queue
+    else:  # the chunk the dead worker was running is lost, the rest of the round goes to the live workers
         assert len(lost) == 1, lost
         assert (r2[~r2.client_id.isin(lost)].status == "ok").all()
     assert "worker lost" in r2[r2.status == "failed"].message.iloc[0]
