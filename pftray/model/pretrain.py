@@ -139,7 +139,7 @@ def pretrain(cfg: Config, out: str | Path, *, progress: Callable[[str, int, int,
         state["step"] += 1
         state["times"]["unet"] = time.perf_counter() - t0
         if state["step"] % 50 == 0:
-            state["losses"].append((state["step"], float(out_["diffusion"])))
+            state["losses"].append((state["step"], float(out_["diffusion"].detach())))
         if progress:
             progress("unet", state["step"], p.unet_steps, float(out_["loss"].detach()))
         if state["step"] % p.checkpoint_every == 0:
