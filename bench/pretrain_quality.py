@@ -54,7 +54,8 @@ def evaluate_backbone(cfg, model: TalkingHeadModel, *, identities: int, steps: i
             g = torch.Generator().manual_seed(seed * 1000 + k * 10 + ci)
             gen = (model.sample(ref, torch.from_numpy(clip.audio_feats).to(dev), torch.from_numpy(clip.pose).to(dev),
                                 steps=steps, generator=g).cpu() + 1) / 2
-            recon = (model.decode(model.encode(gt.to(dev) * 2 - 1, ref), ref).cpu() + 1) / 2
+            pose = torch.from_numpy(clip.pose).to(dev)
+            recon = (model.decode(model.encode(gt.to(dev) * 2 - 1, ref, pose), ref, pose).cpu() + 1) / 2
             copy = ((ref.cpu() + 1) / 2)[None].expand_as(gt)
             boxes = torch.as_tensor(clip.mouth_box, dtype=torch.long)
             for name, x in (("model", gen), ("vae", recon), ("copy", copy)):

@@ -67,6 +67,9 @@ class ModelConfig:
     vae_channels: tuple[int, ...] = _f((16, 32, 64), "AutoencoderKL block widths; len-1 = log2 downsampling")
     vae_layers_per_block: int = _f(1, "resnet layers per VAE block", range=(1, 4))
     latent_channels: int = _f(8, "VAE latent channels", range=(1, 64))
+    pose_warp: bool = _f(False, "warp the reference frame by a flow field predicted from the head pose before taking "
+                         "the residual (the latent then only carries what a warp cannot: mouth, blinks)")
+    warp_grid: int = _f(8, "pose warp: flow field resolution (grid x grid, upsampled bilinearly)", range=(1, 256))
     autoencoder: str = _f("vae", "latent space of the residual to the reference: 'vae' (diffusers AutoencoderKL, "
                           "pre-trained) or 'space_to_depth' (pixel-unshuffled to the latent grid: lossless, no VAE "
                           "stage)", choices=("vae", "space_to_depth"))
@@ -113,6 +116,8 @@ class TrainConfig:
 class PretrainConfig:
     vae_steps: int = _f(1500, "VAE optimiser steps on public identities", range=(0, 10_000_000))
     unet_steps: int = _f(1000, "UNet optimiser steps on public identities", range=(0, 10_000_000))
+    warp_steps: int = _f(400, "pose-warp optimiser steps (model.pose_warp), before the VAE", range=(0, 10_000_000))
+    lr_warp: float = _f(3e-3, "pose-warp learning rate", range=(0.0, 10.0))
     batch_frames: int = _f(16, "frames per VAE batch", range=(1, 65536))
     batch_clips: int = _f(6, "clips per UNet batch", range=(1, 4096))
     lr_vae: float = _f(2e-3, "VAE learning rate", range=(0.0, 10.0))

@@ -275,15 +275,16 @@ class ClientTrainer:
         batch = self._batch(client, rng)
         b, f = batch["frames"].shape[:2]
         refs = batch["reference"].repeat_interleave(f, dim=0)
-        x0 = self.model.encode(batch["frames"].flatten(0, 1), refs)
+        poses = batch["pose"].flatten(0, 1)
+        x0 = self.model.encode(batch["frames"].flatten(0, 1), refs, poses)
         ref = self.model.reference_features(refs)
         g = torch.Generator().manual_seed(int(rng.integers(2**62)))
         t = torch.full((b * f,), RELIABILITY_TIMESTEP, dtype=torch.long, device=self.device)
         eps = torch.randn(x0.shape, generator=g).to(self.device)
         noisy = self.model.scheduler.add_noise(x0, eps, t)
-        out = self.model.predict(noisy, t, ref, batch["audio_feats"].flatten(0, 1), batch["pose"].flatten(0, 1))
+        out = self.model.predict(noisy, t, ref, batch["audio_feats"].flatten(0, 1), poses)
         x0_pred, _ = self.model.to_x0_eps(noisy, t, out.float())
-        frames_pred = self.model.decode(x0_pred, refs)
+        frames_pred = self.model.decode(x0_pred, refs, poses)
         img_pred = (frames_pred + 1) / 2
         img = (batch["frames"].flatten(0, 1) + 1) / 2
         p, y = img_pred.reshape(b, f, -1), img.reshape(b, f, -1)

@@ -124,6 +124,32 @@ class ConditionEncoder(nn.Module):
         return self.norm(tokens)
 
 
+class PoseWarp(nn.Module):
+    """Head pose -> a coarse flow field (``grid x grid``, upsampled bilinearly) that warps the reference frame.
+
+    On the synthetic faces the pose shifts, rotates and parallax-shifts the head; a warp of the reference renders
+    that at full resolution for a few thousand parameters, which a latent autoencoder of the residual cannot (it
+    would have to redraw every displaced edge). The last layer starts at zero: the identity warp."""
+
+    def __init__(self, grid: int = 8, hidden: int = 128):
+        super().__init__()
+        self.grid = grid
+        self.net = nn.Sequential(nn.Linear(POSE_DIM, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                                 nn.Linear(hidden, 2 * grid * grid))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, reference: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = reference.shape
+        flow = self.net(pose.to(reference.dtype)).view(n, 2, self.grid, self.grid)
+        flow = F.interpolate(flow, size=(h, w), mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
+        ys = torch.linspace(-1 + 1 / h, 1 - 1 / h, h, device=reference.device, dtype=reference.dtype)
+        xs = torch.linspace(-1 + 1 / w, 1 - 1 / w, w, device=reference.device, dtype=reference.dtype)
+        gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+        ident = torch.stack([gx, gy], dim=-1)[None]  # pixel centres: the zero flow reproduces the reference
+        return F.grid_sample(reference, ident + flow, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 class TalkingHeadModel(nn.Module):
     """VAE + conditional UNet + condition encoder + schedulers, with the latent scale learned at pre-training."""
 
@@ -143,6 +169,7 @@ class TalkingHeadModel(nn.Module):
         self.latent_size = dcfg.resolution // down
         self.unet = build_unet(mcfg, self.latent_size, self.latent_channels)
         self.ref_proj = nn.Conv2d(3 * down * down, REF_CHANNELS, 1)
+        self.warp = PoseWarp(mcfg.warp_grid) if mcfg.pose_warp else None
         self.cond = ConditionEncoder(n_mels=dcfg.n_mels, audio_window=dcfg.audio_window, ref_channels=REF_CHANNELS,
                                      dim=self.unet.config.cross_attention_dim)
         self.register_buffer("latent_scale", torch.tensor(1.0))
@@ -154,50 +181,55 @@ class TalkingHeadModel(nn.Module):
             self.unet.enable_gradient_checkpointing()
 
     # ------------------------------------------------------------------------------------------- latents
-    @staticmethod
-    def _residual(frames: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    def base(self, reference: torch.Tensor, n: int, pose: torch.Tensor | None = None) -> torch.Tensor:
+        """What the residual is taken against, ``[n, 3, H, W]``: the reference frame(s) (``[3, H, W]``,
+        ``[1, ...]`` or ``[n, ...]``), warped by ``pose`` ``[n, 4]`` when the model has a pose warp."""
         if reference.dim() == 3:
             reference = reference[None]
-        return (frames - reference) / 2
+        if reference.shape[0] != n:
+            reference = reference.expand(n, -1, -1, -1)
+        if self.warp is None:
+            return reference
+        if pose is None:
+            raise ValueError("this model warps the reference by the head pose (model.pose_warp): pass pose")
+        return self.warp(reference, pose)
 
-    def _posterior(self, frames: torch.Tensor, reference: torch.Tensor):
-        if reference.dim() == 3:
-            reference = reference[None]
-        x = self._residual(frames, reference)
+    @staticmethod
+    def _residual(frames: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+        return (frames - base) / 2
+
+    def _posterior(self, frames: torch.Tensor, base: torch.Tensor):
+        x = self._residual(frames, base)
         if self.mcfg.vae_reference:
-            x = torch.cat([x, reference.expand_as(x)], dim=1)
+            x = torch.cat([x, base], dim=1)
         return self.vae.encode(x).latent_dist
 
-    def _vae_decode(self, z: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-        """Raw VAE latents -> the residual ``D(z)`` (the reference's pixels reach the decoder when ``vae_reference``)."""
+    def _vae_decode(self, z: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+        """Raw VAE latents -> the residual ``D(z)`` (the base's pixels reach the decoder when ``vae_reference``)."""
         if self.s2d:
             return F.pixel_shuffle(z, self.down)
         if not self.mcfg.vae_reference:
             return self.vae.decode(z).sample
-        if reference.dim() == 3:
-            reference = reference[None]
         if self.vae.post_quant_conv is not None:
             z = self.vae.post_quant_conv(z)
-        ref = F.pixel_unshuffle(reference, self.down).to(z.dtype).expand(z.shape[0], -1, -1, -1)
-        return self.vae.decoder(torch.cat([z, ref], dim=1))
+        return self.vae.decoder(torch.cat([z, F.pixel_unshuffle(base, self.down).to(z.dtype)], dim=1))
 
-    def _latent_mean(self, frames: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    def _latent_mean(self, frames: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
         if self.s2d:
-            return F.pixel_unshuffle(self._residual(frames, reference), self.down)
-        return self._posterior(frames, reference).mean
+            return F.pixel_unshuffle(self._residual(frames, base), self.down)
+        return self._posterior(frames, base).mean
 
-    def encode(self, frames: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-        """Frames ``[N, 3, H, W]`` in [-1, 1] and their reference (``[N|1, 3, H, W]`` or ``[3, H, W]``) ->
-        normalised residual latents (posterior mean: deterministic)."""
-        mean = self._latent_mean(frames, reference)
+    def encode(self, frames: torch.Tensor, reference: torch.Tensor, pose: torch.Tensor | None = None) -> torch.Tensor:
+        """Frames ``[N, 3, H, W]`` in [-1, 1], their reference (``[N|1, 3, H, W]`` or ``[3, H, W]``) and, for a
+        pose-warping model, their pose ``[N, 4]`` -> normalised residual latents (posterior mean: deterministic)."""
+        mean = self._latent_mean(frames, self.base(reference, frames.shape[0], pose))
         return (mean - self.latent_shift[None, :, None, None]) * self.latent_scale
 
-    def decode(self, latents: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-        """Normalised residual latents -> frames in [-1, 1]: ``reference + 2 * D(z)``."""
+    def decode(self, latents: torch.Tensor, reference: torch.Tensor, pose: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised residual latents -> frames in [-1, 1]: ``base + 2 * D(z)``."""
         z = latents / self.latent_scale + self.latent_shift[None, :, None, None]
-        if reference.dim() == 3:
-            reference = reference[None]
-        return (reference + 2 * self._vae_decode(z, reference)).clamp(-1, 1)
+        base = self.base(reference, latents.shape[0], pose)
+        return (base + 2 * self._vae_decode(z, base)).clamp(-1, 1)
 
     def reference_features(self, reference: torch.Tensor) -> torch.Tensor:
         """Reference frames ``[N, 3, H, W]`` -> feature maps on the latent grid ``[N, REF_CHANNELS, h, w]``."""
@@ -208,9 +240,10 @@ class TalkingHeadModel(nn.Module):
         return self.cond.identity(self.reference_features(frames))
 
     @torch.no_grad()
-    def fit_latent_stats(self, frames: torch.Tensor, references: torch.Tensor) -> None:
+    def fit_latent_stats(self, frames: torch.Tensor, references: torch.Tensor,
+                         pose: torch.Tensor | None = None) -> None:
         """Per-channel shift and one global scale so that latents have zero mean and unit variance."""
-        mean = self._latent_mean(frames, references)
+        mean = self._latent_mean(frames, self.base(references, frames.shape[0], pose))
         self.latent_shift.copy_(mean.mean(dim=(0, 2, 3)))
         self.latent_scale.fill_(1.0 / float((mean - self.latent_shift[None, :, None, None]).std()))
 
@@ -258,7 +291,7 @@ class TalkingHeadModel(nn.Module):
             tt = torch.full((n,), int(t), device=device, dtype=torch.long)
             out = self.unet(self.unet_input(x, ref_feat, pose), tt, encoder_hidden_states=tokens).sample
             x = ddim.step(out, t, x).prev_sample
-        return self.decode(x, reference)
+        return self.decode(x, reference, pose)
 
     # ---------------------------------------------------------------------------------------- persistence
     def backbone_state(self) -> dict[str, Any]:
@@ -286,16 +319,17 @@ def num_params(module: nn.Module, trainable_only: bool = False) -> int:
 
 
 def vae_loss(model: TalkingHeadModel, frames: torch.Tensor, references: torch.Tensor,
-             kl_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+             kl_weight: float, pose: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """L1 + MSE reconstruction (of the residual to the reference) of the posterior mean + ``kl_weight`` * KL.
 
     The decoder is trained on the posterior *mean*: with the tiny KL weight we want (a sharp autoencoder whose
     latents the diffusion model learns), sampling the posterior only injects noise that slows learning several
     fold on a CPU budget; the KL term still keeps the latent scale bounded. Returns ``(loss, recon)``.
     """
-    target = model._residual(frames, references)
-    post = model._posterior(frames, references)
-    recon = model._vae_decode(post.mean, references)
+    base = model.base(references, frames.shape[0], pose)
+    target = model._residual(frames, base)
+    post = model._posterior(frames, base)
+    recon = model._vae_decode(post.mean, base)
     rec = F.l1_loss(recon, target) + F.mse_loss(recon, target)
     kl = post.kl().mean() / math.prod(frames.shape[1:])
     return rec + kl_weight * kl, recon

@@ -33,7 +33,8 @@ def encode_batch(model: TalkingHeadModel, batch: dict[str, torch.Tensor]) -> tup
     reference features ``[B, R, h, w]``."""
     b, f = batch["frames"].shape[:2]
     with torch.no_grad():
-        lat = model.encode(batch["frames"].flatten(0, 1), batch["reference"].repeat_interleave(f, dim=0))
+        lat = model.encode(batch["frames"].flatten(0, 1), batch["reference"].repeat_interleave(f, dim=0),
+                           batch["pose"].flatten(0, 1))
     ref = model.reference_features(batch["reference"])
     return lat, ref
 

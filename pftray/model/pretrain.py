@@ -56,11 +56,20 @@ def pretrain(cfg: Config, out: str | Path, *, progress: Callable[[str, int, int,
     clips, ident, refs = public_data(cfg)
     frames = np.concatenate([c.frames for c in clips])  # [N, H, W, 3] uint8
     frame_ident = np.repeat(ident, [c.num_frames for c in clips])  # identity of every frame
+    frame_pose = torch.from_numpy(np.concatenate([c.pose for c in clips])).to(device)  # [N, 4]
     refs_t = _to_t(refs).to(device)  # [identities, 3, H, W]
     rng = np.random.default_rng((cfg.experiment.seed, 23))
-    state: dict[str, Any] = {"phase": "vae", "step": 0, "times": {"vae": 0.0, "unet": 0.0}, "losses": []}
-    opt = (torch.optim.Adam(model.vae.parameters(), lr=p.lr_vae) if model.vae is not None
-           else _unet_optimizer(model, p.lr_unet))
+    state: dict[str, Any] = {"phase": "warp" if model.warp is not None else "vae", "step": 0,
+                             "times": {"warp": 0.0, "vae": 0.0, "unet": 0.0}, "losses": []}
+
+    def optimizer(phase: str) -> torch.optim.Optimizer:
+        if phase == "warp":
+            return torch.optim.Adam(model.warp.parameters(), lr=p.lr_warp)
+        if phase == "vae" and model.vae is not None:
+            return torch.optim.Adam(model.vae.parameters(), lr=p.lr_vae)
+        return _unet_optimizer(model, p.lr_unet)
+
+    opt = optimizer(state["phase"])
     gen = torch.Generator().manual_seed(cfg.experiment.seed)  # noise and timesteps of the UNet stage
     if partial.exists():
         blob = torch.load(partial, map_location="cpu", weights_only=False)
@@ -69,8 +78,8 @@ def pretrain(cfg: Config, out: str | Path, *, progress: Callable[[str, int, int,
         rng.bit_generator.state = blob["rng"]
         torch.set_rng_state(blob["torch_rng"])
         gen.set_state(blob["gen_rng"])
-        if state["phase"] == "unet":
-            opt = _unet_optimizer(model, p.lr_unet)
+        state["times"].setdefault("warp", 0.0)
+        opt = optimizer(state["phase"])
         opt.load_state_dict(blob["optimizer"])
 
     def checkpoint() -> None:
@@ -78,11 +87,36 @@ def pretrain(cfg: Config, out: str | Path, *, progress: Callable[[str, int, int,
                                 "torch_rng": torch.get_rng_state(), "gen_rng": gen.get_state(),
                                 "optimizer": opt.state_dict()})
 
+    # ---- stage 0 (model.pose_warp): the pose warp of the reference, alone, on all public frames
+    if state["phase"] == "warp":
+        t0 = time.perf_counter() - state["times"]["warp"]
+        while state["step"] < p.warp_steps:
+            idx = rng.integers(0, len(frames), size=2 * p.batch_frames)
+            x = _to_t(frames[idx]).to(device)
+            _cosine_lr(opt, p.lr_warp, state["step"], p.warp_steps)
+            pred = model.warp(refs_t[frame_ident[idx]], frame_pose[idx])
+            loss = (pred - x).abs().mean() + (pred - x).pow(2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            state["step"] += 1
+            state["times"]["warp"] = time.perf_counter() - t0
+            if progress:
+                progress("warp", state["step"], p.warp_steps, float(loss.detach()))
+            if state["step"] % p.checkpoint_every == 0:
+                checkpoint()
+        model.warp.requires_grad_(False)
+        state.update(phase="vae", step=0)
+        opt = optimizer("vae")
+        checkpoint()
+    if model.warp is not None:
+        model.warp.requires_grad_(False)
+
     # ---- stage 1: VAE on all public frames
     if state["phase"] == "vae" and model.vae is None:  # space_to_depth: nothing to learn before the UNet
         with torch.no_grad():
             idx = rng.integers(0, len(frames), size=min(512, len(frames)))
-            model.fit_latent_stats(_to_t(frames[idx]).to(device), refs_t[frame_ident[idx]])
+            model.fit_latent_stats(_to_t(frames[idx]).to(device), refs_t[frame_ident[idx]], frame_pose[idx])
         state.update(phase="unet", step=0)
     if state["phase"] == "vae":
         model.vae.train()
@@ -91,7 +125,7 @@ def pretrain(cfg: Config, out: str | Path, *, progress: Callable[[str, int, int,
             idx = rng.integers(0, len(frames), size=p.batch_frames)
             x = _to_t(frames[idx]).to(device)
             _cosine_lr(opt, p.lr_vae, state["step"], p.vae_steps)
-            loss, _ = vae_loss(model, x, refs_t[frame_ident[idx]], p.kl_weight)
+            loss, _ = vae_loss(model, x, refs_t[frame_ident[idx]], p.kl_weight, frame_pose[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -104,7 +138,7 @@ def pretrain(cfg: Config, out: str | Path, *, progress: Callable[[str, int, int,
         model.vae.eval()
         with torch.no_grad():
             idx = rng.integers(0, len(frames), size=min(512, len(frames)))
-            model.fit_latent_stats(_to_t(frames[idx]).to(device), refs_t[frame_ident[idx]])
+            model.fit_latent_stats(_to_t(frames[idx]).to(device), refs_t[frame_ident[idx]], frame_pose[idx])
         state.update(phase="unet", step=0)
         opt = _unet_optimizer(model, p.lr_unet)
         checkpoint()
@@ -113,8 +147,8 @@ def pretrain(cfg: Config, out: str | Path, *, progress: Callable[[str, int, int,
     if model.vae is not None:
         model.vae.requires_grad_(False)
     with torch.no_grad():
-        lat = torch.cat([model.encode(_to_t(frames[i: i + 256]).to(device), refs_t[frame_ident[i: i + 256]])
-                         for i in range(0, len(frames), 256)])
+        lat = torch.cat([model.encode(_to_t(frames[i: i + 256]).to(device), refs_t[frame_ident[i: i + 256]],
+                                      frame_pose[i: i + 256]) for i in range(0, len(frames), 256)])
         lat = lat.reshape(len(clips), -1, *lat.shape[1:])  # [clips, T, C, h, w]
     audio = torch.from_numpy(np.stack([c.audio_feats for c in clips])).to(device)
     pose = torch.from_numpy(np.stack([c.pose for c in clips])).to(device)
@@ -146,7 +180,7 @@ def pretrain(cfg: Config, out: str | Path, *, progress: Callable[[str, int, int,
             checkpoint()
     model.eval()
     blob = model.backbone_state()
-    blob["pretrain"] = {"vae_steps": p.vae_steps, "unet_steps": p.unet_steps, "times": state["times"],
+    blob["pretrain"] = {"warp_steps": p.warp_steps if model.warp is not None else 0, "vae_steps": p.vae_steps, "unet_steps": p.unet_steps, "times": state["times"],
                         "public_identities": cfg.data.public_identities, "seed": cfg.experiment.seed}
     buf = io.BytesIO()
     torch.save(blob, buf)
@@ -163,7 +197,8 @@ def _cosine_lr(opt: torch.optim.Optimizer, base: float, step: int, total: int) -
 
 
 def _unet_optimizer(model: TalkingHeadModel, lr: float) -> torch.optim.Optimizer:
-    params = [p for n, p in model.named_parameters() if not n.startswith("vae.") and "lora_" not in n]
+    params = [p for n, p in model.named_parameters()
+              if not n.startswith(("vae.", "warp.")) and "lora_" not in n]
     for q in params:
         q.requires_grad_(True)
     return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)

@@ -94,7 +94,8 @@ def clip_errors(
         batch = clips_to_batch([clip], frames=n, rng=np.random.default_rng(0), reference=client.reference)
         batch = {k: v.to(trainer.device) for k, v in batch.items()}
         f = batch["frames"].shape[1]
-        lat = model.encode(batch["frames"].flatten(0, 1), batch["reference"].repeat_interleave(f, dim=0))
+        lat = model.encode(batch["frames"].flatten(0, 1), batch["reference"].repeat_interleave(f, dim=0),
+                           batch["pose"].flatten(0, 1))
         ref = model.reference_features(batch["reference"])
         k = repeats * len(timesteps)
         # one forward over all (repeat, timestep) pairs: the clip is replicated k times as k "clips"

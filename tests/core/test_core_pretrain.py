@@ -14,7 +14,7 @@ def test_pretrain_resumes_to_the_same_weights_as_an_uninterrupted_run(tmp_path):
     cfg = tiny_config(**{"pretrain.vae_steps": 3, "pretrain.unet_steps": 4, "pretrain.checkpoint_every": 2,
                          "pretrain.batch_frames": 4, "pretrain.batch_clips": 2})
     full = pretrain(cfg, tmp_path / "full.pt")
-    assert len(full["losses"]) == 0 and set(full["times"]) == {"vae", "unet"}
+    assert len(full["losses"]) == 0 and set(full["times"]) == {"warp", "vae", "unet"}
 
     def crash(phase, step, total, loss):
         if phase == "unet" and step == 3:
@@ -64,3 +64,36 @@ def test_space_to_depth_latent_is_lossless_and_pretrains_without_a_vae_stage(tmp
     loaded = TalkingHeadModel(cfg.model, cfg.data)
     loaded.load_backbone(tmp_path / "s2d.pt")
     assert float(loaded.latent_scale) != 1.0
+
+
+def test_pose_warp_starts_as_identity_and_pretraining_fits_head_motion(tmp_path):
+    import numpy as np
+
+    from pftray.model.generator import PoseWarp
+    from pftray.model.pretrain import _to_t, public_data
+
+    torch.manual_seed(0)
+    ref = torch.rand(3, 3, 16, 16) * 2 - 1
+    torch.testing.assert_close(PoseWarp(4)(ref, torch.randn(3, 4)), ref, rtol=0, atol=1e-5)
+
+    cfg = tiny_config(**{"model.pose_warp": True, "pretrain.warp_steps": 60, "pretrain.vae_steps": 2,
+                         "pretrain.unet_steps": 2, "pretrain.batch_clips": 2, "data.public_identities": 6,
+                         "data.public_clips_per_identity": 2})
+    seen = []
+    pretrain(cfg, tmp_path / "warp.pt", progress=lambda ph, st, tot, loss: seen.append(ph))
+    assert seen == ["warp"] * 60 + ["vae"] * 2 + ["unet"] * 2
+    model = TalkingHeadModel(cfg.model, cfg.data)
+    model.load_backbone(tmp_path / "warp.pt")
+    clips, ident, refs = public_data(cfg)
+    frames = _to_t(np.concatenate([c.frames for c in clips]))
+    pose = torch.from_numpy(np.concatenate([c.pose for c in clips]))
+    base_refs = _to_t(refs)[np.repeat(ident, [c.num_frames for c in clips])]
+    with torch.no_grad():
+        warped = model.base(base_refs, len(frames), pose)
+    err_copy = (base_refs - frames).pow(2).mean()
+    err_warp = (warped - frames).pow(2).mean()
+    assert err_warp < 0.8 * err_copy  # the warp renders part of the head motion the copy misses
+    with pytest.raises(ValueError, match="pass pose"):
+        model.encode(frames[:2], base_refs[:2])
+    z = model.encode(frames[:2], base_refs[:2], pose[:2])
+    assert model.decode(z, base_refs[:2], pose[:2]).shape == frames[:2].shape
