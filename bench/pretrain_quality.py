@@ -110,7 +110,8 @@ def main(argv=None) -> int:
         print(f"{label:14s}{res[f'{name}_psnr']:8.2f}{res[f'{name}_ssim']:8.3f}{res[f'{name}_mouth_psnr']:11.2f}"
               f"{res[f'{name}_mouth_ssim']:11.3f}{corr:12.3f}")
     times = res["pretrain"].get("times", {})
-    print(f"pre-training wall time: VAE {times.get('vae', 0):.0f}s, UNet {times.get('unet', 0):.0f}s "
+    print(f"pre-training wall time: warp {times.get('warp', 0):.0f}s, VAE {times.get('vae', 0):.0f}s, "
+          f"UNet {times.get('unet', 0):.0f}s "
           f"(steps {res['pretrain'].get('vae_steps')}/{res['pretrain'].get('unet_steps')})")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(res, indent=2))

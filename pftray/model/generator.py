@@ -8,6 +8,11 @@ Read top to bottom:
   where the mouth, eyes and head move, so the autoencoder spends its capacity there; flat skin, hair and
   background come from the reference at full resolution. (A plain frame autoencoder of this size is the quality
   cap: on the synthetic faces it reconstructs below the copy-the-reference baseline after a CPU-sized training.)
+* With ``pose_warp`` a small :class:`PoseWarp` first warps the reference by a flow field predicted from the head
+  pose, and the residual is taken against that warped reference. On the synthetic heads the warp alone (400 steps,
+  seconds on a CPU) raises the copy-the-reference PSNR from 25.9 dB to 31.2 dB: most of a frame's difference to
+  its reference is head motion, which a warp renders at full resolution and an autoencoder of the residual does
+  not.
 * ``UNet2DConditionModel`` denoises the latent of one frame. Its input is the noisy latent concatenated with
   features of the **reference frame** (pixel-unshuffled to the latent grid, projected by a 1x1 conv) and with the
   head **pose** broadcast as constant maps (so that plain convolutions can move the face); its cross-attention
