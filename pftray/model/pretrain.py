@@ -87,24 +87,32 @@ def pretrain(cfg: Config, out: str | Path, *, progress: Callable[[str, int, int,
                                 "torch_rng": torch.get_rng_state(), "gen_rng": gen.get_state(),
                                 "optimizer": opt.state_dict()})
 
-    # ---- stage 0 (model.pose_warp): the pose warp of the reference, alone, on all public frames
-    if state["phase"] == "warp":
-        t0 = time.perf_counter() - state["times"]["warp"]
-        while state["step"] < p.warp_steps:
-            idx = rng.integers(0, len(frames), size=2 * p.batch_frames)
+    def frame_stage(phase: str, steps: int, lr: float, batch: int,
+                    loss_of: Callable[[torch.Tensor, np.ndarray], torch.Tensor]) -> None:
+        """The optimiser loop of a stage over random public frames (warp, VAE): resumable, timed, reported."""
+        t0 = time.perf_counter() - state["times"][phase]
+        while state["step"] < steps:
+            idx = rng.integers(0, len(frames), size=batch)
             x = _to_t(frames[idx]).to(device)
-            _cosine_lr(opt, p.lr_warp, state["step"], p.warp_steps)
-            pred = model.warp(refs_t[frame_ident[idx]], frame_pose[idx])
-            loss = (pred - x).abs().mean() + (pred - x).pow(2).mean()
+            _cosine_lr(opt, lr, state["step"], steps)
+            loss = loss_of(x, idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             state["step"] += 1
-            state["times"]["warp"] = time.perf_counter() - t0
+            state["times"][phase] = time.perf_counter() - t0
             if progress:
-                progress("warp", state["step"], p.warp_steps, float(loss.detach()))
+                progress(phase, state["step"], steps, float(loss.detach()))
             if state["step"] % p.checkpoint_every == 0:
                 checkpoint()
+
+    def warp_loss(x: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
+        pred = model.warp(refs_t[frame_ident[idx]], frame_pose[idx])
+        return (pred - x).abs().mean() + (pred - x).pow(2).mean()
+
+    # ---- stage 0 (model.pose_warp): the pose warp of the reference, alone, on all public frames
+    if state["phase"] == "warp":
+        frame_stage("warp", p.warp_steps, p.lr_warp, 2 * p.batch_frames, warp_loss)
         model.warp.requires_grad_(False)
         state.update(phase="vae", step=0)
         opt = optimizer("vae")
@@ -120,21 +128,8 @@ def pretrain(cfg: Config, out: str | Path, *, progress: Callable[[str, int, int,
         state.update(phase="unet", step=0)
     if state["phase"] == "vae":
         model.vae.train()
-        t0 = time.perf_counter() - state["times"]["vae"]
-        while state["step"] < p.vae_steps:
-            idx = rng.integers(0, len(frames), size=p.batch_frames)
-            x = _to_t(frames[idx]).to(device)
-            _cosine_lr(opt, p.lr_vae, state["step"], p.vae_steps)
-            loss, _ = vae_loss(model, x, refs_t[frame_ident[idx]], p.kl_weight, frame_pose[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            state["step"] += 1
-            state["times"]["vae"] = time.perf_counter() - t0
-            if progress:
-                progress("vae", state["step"], p.vae_steps, float(loss.detach()))
-            if state["step"] % p.checkpoint_every == 0:
-                checkpoint()
+        frame_stage("vae", p.vae_steps, p.lr_vae, p.batch_frames,
+                    lambda x, idx: vae_loss(model, x, refs_t[frame_ident[idx]], p.kl_weight, frame_pose[idx])[0])
         model.vae.eval()
         with torch.no_grad():
             idx = rng.integers(0, len(frames), size=min(512, len(frames)))
