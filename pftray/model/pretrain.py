@@ -113,11 +113,10 @@ def pretrain(cfg: Config, out: str | Path, *, progress: Callable[[str, int, int,
     # ---- stage 0 (model.pose_warp): the pose warp of the reference, alone, on all public frames
     if state["phase"] == "warp":
         frame_stage("warp", p.warp_steps, p.lr_warp, 2 * p.batch_frames, warp_loss)
-        model.warp.requires_grad_(False)
         state.update(phase="vae", step=0)
         opt = optimizer("vae")
         checkpoint()
-    if model.warp is not None:
+    if model.warp is not None:  # trained above or restored from the partial checkpoint: frozen from here on
         model.warp.requires_grad_(False)
 
     # ---- stage 1: VAE on all public frames
@@ -175,8 +174,8 @@ def pretrain(cfg: Config, out: str | Path, *, progress: Callable[[str, int, int,
             checkpoint()
     model.eval()
     blob = model.backbone_state()
-    blob["pretrain"] = {"warp_steps": p.warp_steps if model.warp is not None else 0, "vae_steps": p.vae_steps, "unet_steps": p.unet_steps, "times": state["times"],
-                        "public_identities": cfg.data.public_identities, "seed": cfg.experiment.seed}
+    blob["pretrain"] = {"warp_steps": p.warp_steps if model.warp is not None else 0, "vae_steps": p.vae_steps,
+                        "unet_steps": p.unet_steps, "times": state["times"], "public_identities": cfg.data.public_identities, "seed": cfg.experiment.seed}
     buf = io.BytesIO()
     torch.save(blob, buf)
     atomic_write_bytes(out, buf.getvalue())

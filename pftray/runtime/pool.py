@@ -106,7 +106,6 @@ class RayPool:
         for ti, tier in enumerate(self.tiers):
             for wi in range(tier.num_workers):
                 self.workers[(ti, wi)] = self._spawn(ti, wi)
-        self._obj_ref = None
         self._trained_on: dict[int, tuple[int, int]] = {}  # this round: client -> the worker holding its delta
 
     def _spawn(self, ti: int, wi: int):
@@ -142,13 +141,19 @@ class RayPool:
                 results[key] = ray.get(ref)
             except (ray.exceptions.RayActorError, ray.exceptions.ActorDiedError) as exc:
                 log.warning("worker %s died: %s; respawning", key, type(exc).__name__)
-                self.workers[key] = self._spawn(*key)
+                self._respawn(key)
         for ref in pending:
-            key = refs[ref]
-            log.warning("worker %s did not answer within %.0f s; replacing it", key, self.timeout)
-            ray.kill(self.workers[key])
-            self.workers[key] = self._spawn(*key)
+            self._replace_late(refs[ref])
         return results
+
+    def _respawn(self, key: tuple[int, int]) -> None:
+        self.workers[key] = self._spawn(*key)
+
+    def _replace_late(self, key: tuple[int, int]) -> None:
+        """A worker that outran the round timeout is killed and replaced; its clients count as failed."""
+        log.warning("worker %s did not answer within %.0f s; replacing it", key, self.timeout)
+        ray.kill(self.workers[key])
+        self._respawn(key)
 
     # ------------------------------------------------------------------------------------------ contract
     def fit(self, ids, global_shared: np.ndarray, server_round: int, round_cfg: dict[str, Any]) -> list[dict]:
@@ -198,18 +203,15 @@ class RayPool:
             except (ray.exceptions.RayActorError, ray.exceptions.ActorDiedError) as exc:
                 # its clients count as failed this round (one of them may be what killed it); the queue goes on
                 log.warning("worker %s died training clients %s: %s; respawning", key, chunk[:5], type(exc).__name__)
-                self.workers[key] = self._spawn(*key)
+                self._respawn(key)
                 submit(key)
                 continue
             for rep in reps:
                 self._trained_on[int(rep["client_id"])] = key
             reports.extend(reps)
             submit(key)
-        if inflight:  # the round timeout passed: late workers are replaced, their clients failed
-            for key in {k for k, _ in inflight.values()}:
-                log.warning("worker %s did not answer within %.0f s; replacing it", key, self.timeout)
-                ray.kill(self.workers[key])
-                self.workers[key] = self._spawn(*key)
+        for key in {k for k, _ in inflight.values()}:  # left after the round timeout
+            self._replace_late(key)
         return reports
 
     def contribute(self, scales: dict[int, float], *, clipping_norm: float, noise_std: float,
