@@ -6,6 +6,7 @@ python -m bench train             # local training throughput and peak memory (C
 python -m bench secagg-vs-flower  # pftray's SecAgg+ vs Flower's SecAgg+
 python -m bench pretrain-quality  # backbone quality on unseen identities
 python -m bench scale             # 10,000 registered clients vs 100
+python -m bench tdc               # the TDC default by experiment: none vs eps-space vs x0-space
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ BENCHMARKS = {
     "secagg-vs-flower": "bench.secagg_vs_flower",
     "pretrain-quality": "bench.pretrain_quality",
     "scale": "bench.scale",
+    "tdc": "bench.tdc",
 }
 
 

@@ -2,9 +2,12 @@
 in float32, in 16-bit transport (fp16/bf16: 2 bytes a parameter) and under SecAgg+ (measured upload of a real
 :func:`pftray.privacy.secagg.benchmark_secagg` round over vectors of that length, all four stages counted).
 
-Model sizes are those of ``configs/quickstart.yaml`` (64 px) with ``model.backbone=''`` (the sizes do not depend
-on the weights). The full-UNet update counts the base UNet's own parameters (adapters excluded), i.e. what a
-client would send if the UNet itself were federated.
+Three model sizes: ``configs/quickstart.yaml`` as is (UNet widths 32-64, 1.1 M parameters), the same with UNet
+widths 128-256 (16.6 M), and a Stable-Diffusion-1.x-sized pftray model (``SD_SCALE``: 1.0 B; parameter counts on
+the meta device, no SecAgg+ measurement). The shared adapter adapts the attention projections (to_q/k/v/out), so
+its share of the UNet shrinks as 1/width: rank r on a d x d projection adds 2rd parameters to d^2. The full-UNet
+update counts the base UNet's own parameters (adapters excluded), i.e. what a client would send if the UNet
+itself were federated. Sizes do not depend on the weights (``model.backbone=''``).
 
     python -m bench comm [--config configs/quickstart.yaml] [--ranks 4 8 16] [--secagg-n 10]
 """
@@ -21,9 +24,24 @@ TARGET_SHARE_RANK8 = (
 )
 
 
-def model_sizes(config: str, rank: int, unet_channels: tuple[int, ...] = ()) -> dict[str, Any]:
+# A Stable-Diffusion-1.x-sized pftray model (UNet widths 320-640-1280-1280, 2 resnets per block, 768-wide condition
+# tokens, 40-channel heads; SD's VAE widths): built on the meta device, so only the parameter counts exist
+SD_SCALE = (
+    "model.unet_channels=[320,640,1280,1280]",
+    "model.unet_layers_per_block=2",
+    "model.cross_attention_dim=768",
+    "model.attention_head_dim=40",
+    "model.vae_channels=[128,256,512,512]",
+    "model.latent_channels=4",
+    "data.resolution=256",
+)
+
+
+def model_sizes(
+    config: str, rank: int, unet_channels: tuple[int, ...] = (), extra: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Parameter counts of the config's model with the shared adapter at ``rank`` (and, when given, another
-    ``model.unet_channels``)."""
+    ``model.unet_channels`` or other ``extra`` overrides). Built on the meta device: no memory, no weights."""
     import torch
 
     from pftray.config import load_config
@@ -34,8 +52,9 @@ def model_sizes(config: str, rank: int, unet_channels: tuple[int, ...] = ()) -> 
     sets = ["model.backbone=", f"lora.shared_rank={rank}"]
     if unet_channels:
         sets.append(f"model.unet_channels=[{','.join(map(str, unet_channels))}]")
-    cfg = load_config(config, sets)
-    model = build_model(cfg)
+    cfg = load_config(config, [*sets, *extra])
+    with torch.device("meta"):
+        model = build_model(cfg, device="meta")
     shared = adapter_numel(model.unet, "shared")
     identity = adapter_numel(model.unet, "identity")
     unet_total = sum(p.numel() for p in model.unet.parameters())
@@ -72,14 +91,22 @@ def comm_table(
     degree: int = 2,
     threshold: int = 2,
     unet_channels: tuple[int, ...] = (),
+    extra: tuple[str, ...] = (),
+    measure_secagg: bool = True,
 ) -> dict[str, Any]:
-    """One row per rank plus the full-UNet row; every ratio is against the full UNet's float32 update."""
+    """One row per rank plus the full-UNet row; every ratio is against the full UNet's float32 update.
+    ``measure_secagg=False`` (models too large to mask in memory here) leaves the SecAgg+ columns empty."""
     rows = []
     unet = None
+    no_sa = {"bytes_per_client": None, "expansion": None}
     for rank in ranks:
-        s = model_sizes(config, rank, unet_channels)
+        s = model_sizes(config, rank, unet_channels, extra)
         unet = s["unet_numel"]
-        sa = secagg_upload(s["shared_numel"], n=secagg_n, degree=degree, threshold=threshold)
+        sa = (
+            secagg_upload(s["shared_numel"], n=secagg_n, degree=degree, threshold=threshold)
+            if measure_secagg
+            else no_sa
+        )
         rows.append(
             {
                 "what": f"shared adapter r={rank}",
@@ -91,7 +118,8 @@ def comm_table(
             }
         )
     assert unet is not None
-    sa = secagg_upload(unet, n=3, degree=2, threshold=2)  # masking cost is linear in d: 3 clients measure it
+    # masking cost is linear in d: 3 clients measure it
+    sa = secagg_upload(unet, n=3, degree=2, threshold=2) if measure_secagg else no_sa
     full = {
         "what": "full UNet",
         "unet_numel": unet,
@@ -103,10 +131,12 @@ def comm_table(
     }
     for row in [*rows, full]:
         for k in ("fp32", "fp16", "secagg"):
-            row[f"{k}_share_of_unet_fp32"] = row[f"{k}_bytes"] / full["fp32_bytes"]
+            b = row[f"{k}_bytes"]
+            row[f"{k}_share_of_unet_fp32"] = None if b is None else b / full["fp32_bytes"]
     r8 = next((r for r in rows if r["rank"] == 8), None)
     return {
         "config": config,
+        "overrides": list(extra),
         "unet_channels": rows[-1]["unet_channels"],
         "secagg": {"n": secagg_n, "degree": degree, "threshold": threshold, "modulus_bits": 32},
         "rows": rows,
@@ -120,6 +150,8 @@ def comm_table(
 
 
 def _fmt_bytes(b: float) -> str:
+    if b >= 2**30:
+        return f"{b / 2**30:.2f} GiB"
     return f"{b / 1024:.1f} KiB" if b < 2**20 else f"{b / 2**20:.2f} MiB"
 
 
@@ -135,6 +167,11 @@ def main(argv=None) -> int:
         default=[128, 256],
         help="also measure a wider UNet (model.unet_channels); none to skip",
     )
+    ap.add_argument(
+        "--no-sd-scale",
+        action="store_true",
+        help="skip the Stable-Diffusion-sized model (parameter counts on the meta device)",
+    )
     ap.add_argument("--json", default="bench/results/comm.json")
     args = ap.parse_args(argv)
     import torch
@@ -145,6 +182,10 @@ def main(argv=None) -> int:
         tables.append(
             comm_table(args.config, args.ranks, secagg_n=args.secagg_n, unet_channels=tuple(args.wide))
         )
+    if not args.no_sd_scale:
+        tables.append(
+            comm_table(args.config, args.ranks, secagg_n=args.secagg_n, extra=SD_SCALE, measure_secagg=False)
+        )
     for res in tables:
         print_table(res)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -154,7 +195,8 @@ def main(argv=None) -> int:
 
 def print_table(res: dict[str, Any]) -> None:
     print(
-        f"{res['config']}, UNet channels {res['unet_channels']}; SecAgg+ n={res['secagg']['n']}, "
+        f"{res['config']} {' '.join(res.get('overrides', []))}, UNet channels {res['unet_channels']}; "
+        f"SecAgg+ n={res['secagg']['n']}, "
         f"{res['secagg']['degree']} neighbours, threshold {res['secagg']['threshold']}, 32-bit ring"
     )
     print(
@@ -163,10 +205,11 @@ def print_table(res: dict[str, Any]) -> None:
     )
     for row in [*res["rows"], res["full_unet"]]:
         n = row.get("shared_numel", row["unet_numel"])
+        sa_b = "n/a" if row["secagg_bytes"] is None else _fmt_bytes(row["secagg_bytes"])
+        sa_x = "n/a" if row["secagg_expansion"] is None else f"{row['secagg_expansion']:.4f}"
         print(
             f"{row['what']:22s}{n:>10d}{_fmt_bytes(row['fp32_bytes']):>12s}{_fmt_bytes(row['fp16_bytes']):>12s}"
-            f"{_fmt_bytes(row['secagg_bytes']):>12s}{100 * row['fp32_share_of_unet_fp32']:>12.2f}%"
-            f"{row['secagg_expansion']:>10.4f}"
+            f"{sa_b:>12s}{100 * row['fp32_share_of_unet_fp32']:>12.2f}%{sa_x:>10s}"
         )
     t = res["target"]
     print(

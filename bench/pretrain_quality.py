@@ -4,6 +4,7 @@ measure on held-out clips of UNSEEN identities (the client identities, disjoint 
 * whole-frame and mouth-region PSNR / SSIM of DDIM samples,
 * the Pearson correlation between mouth openness measured on the generated frames and the ground truth,
 * the VAE's own reconstruction PSNR / SSIM (the ceiling any latent model can reach),
+* temporal jitter (mean |Δx̂_t − Δx_t|, :func:`pftray.metrics.temporal.temporal_jitter`),
 * the trivial baseline that outputs the reference frame unchanged,
 
 with pre-training wall and CPU times. Prints a table and writes JSON.
@@ -27,6 +28,7 @@ from pftray.data import make_client
 from pftray.data.synthetic import estimate_mouth_openness
 from pftray.fed.host import ClientProvider
 from pftray.metrics.image import psnr, region_psnr, region_ssim, ssim
+from pftray.metrics.temporal import temporal_jitter
 from pftray.model.generator import TalkingHeadModel
 
 MOUTH = (24, 24)
@@ -63,6 +65,7 @@ def evaluate_backbone(cfg, model: TalkingHeadModel, *, identities: int, steps: i
                 acc.setdefault(f"{name}_ssim", []).append(ssim(x, gt))
                 acc.setdefault(f"{name}_mouth_psnr", []).append(region_psnr(x, gt, boxes, size=MOUTH))
                 acc.setdefault(f"{name}_mouth_ssim", []).append(region_ssim(x, gt, boxes, size=MOUTH))
+                acc.setdefault(f"{name}_jitter", []).append(temporal_jitter(x, gt))
             for name, x in (("model", gen), ("vae", recon)):
                 o = estimate_mouth_openness(x.permute(0, 2, 3, 1).numpy(), clip.mouth_box, value_range=(0.0, 1.0))
                 opens[name].append(o)
@@ -75,6 +78,14 @@ def evaluate_backbone(cfg, model: TalkingHeadModel, *, identities: int, steps: i
     out["eval_s"] = time.perf_counter() - t0
     out["clips"] = len(acc["model_psnr"])
     return out
+
+
+def print_quality(res: dict) -> None:
+    print(f"{'':14s}{'PSNR':>8s}{'SSIM':>8s}{'mouthPSNR':>11s}{'mouthSSIM':>11s}{'mouth corr':>12s}{'jitter':>9s}")
+    for name, label in (("copy", "copy baseline"), ("model", "backbone"), ("vae", "VAE ceiling")):
+        corr = res.get(f"{name}_mouth_corr", float("nan"))
+        print(f"{label:14s}{res[f'{name}_psnr']:8.2f}{res[f'{name}_ssim']:8.3f}{res[f'{name}_mouth_psnr']:11.2f}"
+              f"{res[f'{name}_mouth_ssim']:11.3f}{corr:12.3f}{res[f'{name}_jitter']:9.4f}")
 
 
 def main(argv=None) -> int:
@@ -104,11 +115,7 @@ def main(argv=None) -> int:
            **evaluate_backbone(cfg, model, identities=args.identities, steps=args.steps)}
     print(f"held-out clips of {args.identities} unseen identities at {cfg.data.resolution}px, {res['clips']} clips, "
           f"DDIM {args.steps} steps")
-    print(f"{'':14s}{'PSNR':>8s}{'SSIM':>8s}{'mouthPSNR':>11s}{'mouthSSIM':>11s}{'mouth corr':>12s}")
-    for name, label in (("copy", "copy baseline"), ("model", "backbone"), ("vae", "VAE ceiling")):
-        corr = res.get(f"{name}_mouth_corr", float("nan"))
-        print(f"{label:14s}{res[f'{name}_psnr']:8.2f}{res[f'{name}_ssim']:8.3f}{res[f'{name}_mouth_psnr']:11.2f}"
-              f"{res[f'{name}_mouth_ssim']:11.3f}{corr:12.3f}")
+    print_quality(res)
     times = res["pretrain"].get("times", {})
     print(f"pre-training wall time: warp {times.get('warp', 0):.0f}s, VAE {times.get('vae', 0):.0f}s, "
           f"UNet {times.get('unet', 0):.0f}s "

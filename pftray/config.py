@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -123,6 +124,8 @@ class PretrainConfig:
     lr_vae: float = _f(2e-3, "VAE learning rate", range=(0.0, 10.0))
     lr_unet: float = _f(1e-3, "UNet learning rate", range=(0.0, 10.0))
     kl_weight: float = _f(1e-6, "VAE KL weight (tiny: we want a sharp autoencoder)", range=(0.0, 10.0))
+    vae_l1: float = _f(1.0, "weight of the L1 term in the VAE reconstruction loss, beside MSE (0 = MSE only: "
+                       "keeps small residuals such as the mouth, which L1 pushes to zero)", range=(0.0, 100.0))
     checkpoint_every: int = _f(200, "steps between resumable checkpoints", range=(1, 10_000_000))
 
 
@@ -262,6 +265,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _YAML12_FLOAT.fullmatch(value.strip()):
+            return float(value)  # PyYAML (YAML 1.1) reads 3e-4 as a string; YAML 1.2 and users read a number
         raise ConfigError(f"{path}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
@@ -362,6 +367,9 @@ def config_from_dict(data: Mapping[str, Any]) -> Config:
     if not isinstance(data, Mapping):
         raise ConfigError(f"<root>: expected a mapping of sections, got {type(data).__name__}")
     return _build(Config, data, "")
+
+
+_YAML12_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
 
 
 def _parse_override(item: str) -> tuple[str, Any]:

@@ -128,7 +128,8 @@ def pretrain(cfg: Config, out: str | Path, *, progress: Callable[[str, int, int,
     if state["phase"] == "vae":
         model.vae.train()
         frame_stage("vae", p.vae_steps, p.lr_vae, p.batch_frames,
-                    lambda x, idx: vae_loss(model, x, refs_t[frame_ident[idx]], p.kl_weight, frame_pose[idx])[0])
+                    lambda x, idx: vae_loss(model, x, refs_t[frame_ident[idx]], p.kl_weight, frame_pose[idx],
+                                                   p.vae_l1)[0])
         model.vae.eval()
         with torch.no_grad():
             idx = rng.integers(0, len(frames), size=min(512, len(frames)))

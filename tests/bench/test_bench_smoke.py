@@ -121,6 +121,18 @@ def test_comm_counts_parameters_of_the_tiny_model(tmp_path):
     assert res["target"]["rank8_share"] is None and res["target"]["met"] is False
 
 
+def test_comm_share_falls_with_width_down_to_sd_scale(tmp_path):
+    from bench.comm import SD_SCALE, comm_table
+
+    tables = [comm_table("configs/quickstart.yaml", [8], secagg_n=3, unet_channels=w, measure_secagg=False)
+              for w in ((32, 64), (64, 128), (128, 256))]
+    sd = comm_table("configs/quickstart.yaml", [8], secagg_n=3, extra=SD_SCALE, measure_secagg=False)
+    shares = [t["target"]["rank8_share"] for t in [*tables, sd]]
+    assert shares == sorted(shares, reverse=True)  # LoRA on d x d projections: 2rd / d^2 shrinks with width
+    assert shares[1] == pytest.approx(shares[0] / 2, rel=0.15) and shares[2] == pytest.approx(shares[1] / 2, rel=0.15)
+    assert sd["full_unet"]["unet_numel"] > 5e8 and sd["target"]["met"] and sd["rows"][0]["secagg_bytes"] is None
+
+
 # --------------------------------------------------------------------------------------------------- train
 def test_train_measures_tiny_fit():
     from bench.train import measure_fit
@@ -147,5 +159,5 @@ def test_secagg_settings_match_neighbourhoods():
 def test_entry_point_knows_every_benchmark():
     from bench.__main__ import BENCHMARKS, main
 
-    assert set(BENCHMARKS) == {"overhead", "comm", "train", "secagg-vs-flower", "pretrain-quality", "scale"}
+    assert set(BENCHMARKS) == {"overhead", "comm", "train", "secagg-vs-flower", "pretrain-quality", "scale", "tdc"}
     assert main(["no-such-bench"]) == 2

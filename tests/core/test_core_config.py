@@ -58,6 +58,13 @@ def test_set_overrides_parse_yaml_values_and_revalidate():
         apply_overrides(Config(), ["fed.rounds"])
     with pytest.raises(ConfigError, match="fed.rounds: expected an integer"):
         apply_overrides(Config(), ["fed.rounds=abc"])
+    # PyYAML reads 3e-4 as a string (YAML 1.1); a float key takes it as the number it is, an int key does not
+    cfg = apply_overrides(Config(), ["pretrain.lr_vae=3e-4", "fed.mu=1E2"])
+    assert cfg.pretrain.lr_vae == 3e-4 and cfg.fed.mu == 100.0
+    with pytest.raises(ConfigError, match="fed.rounds: expected an integer, got '1e2'"):
+        apply_overrides(Config(), ["fed.rounds=1e2"])
+    with pytest.raises(ConfigError, match="fed.mu: expected a number, got '3e'"):
+        apply_overrides(Config(), ["fed.mu=3e"])
 
 
 def test_load_config_names_the_file(tmp_path):

@@ -175,3 +175,19 @@ def test_reference_conditioned_vae_reads_the_reference_and_trains_it():
     loss.backward()  # the zero-initialised reference weights receive gradient: training can use them
     assert model.vae.decoder.conv_in.weight.grad[:, cfg.model.latent_channels:].abs().sum() > 0
     assert model.vae.encoder.conv_in.weight.grad[:, 3:].abs().sum() > 0
+
+
+def test_vae_loss_l1_weight_is_the_l1_term_exactly():
+    from pftray.model.generator import TalkingHeadModel, vae_loss
+
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    model = TalkingHeadModel(cfg.model, cfg.data)
+    res = cfg.data.resolution
+    frames, ref = torch.rand(2, 3, res, res) * 2 - 1, torch.rand(2, 3, res, res) * 2 - 1
+    with torch.no_grad():
+        mse_only, recon = vae_loss(model, frames, ref, 0.0, l1_weight=0.0)
+        both, _ = vae_loss(model, frames, ref, 0.0, l1_weight=2.0)
+        target = model._residual(frames, model.base(ref, 2))
+    torch.testing.assert_close(mse_only, ((recon - target) ** 2).mean())
+    torch.testing.assert_close(both - mse_only, 2.0 * (recon - target).abs().mean())

@@ -97,3 +97,31 @@ def test_pose_warp_starts_as_identity_and_pretraining_fits_head_motion(tmp_path)
         model.encode(frames[:2], base_refs[:2])
     z = model.encode(frames[:2], base_refs[:2], pose[:2])
     assert model.decode(z, base_refs[:2], pose[:2]).shape == frames[:2].shape
+
+
+def test_tdc_bench_variants_share_the_warp_and_vae_stage_and_differ_in_the_unet(tmp_path):
+    from bench.tdc import shared_stages, variants
+    from pftray.config import config_from_dict, dump_config, load_config
+    from tests.tinycfg import TINY
+
+    path = tmp_path / "tiny.yaml"
+    dump_config(config_from_dict(TINY), path)
+    sets = ["pretrain.vae_steps=3", "pretrain.unet_steps=3", "pretrain.batch_clips=2", "train.window=2"]
+    start = shared_stages(load_config(path, sets), tmp_path)
+    blob = torch.load(start, weights_only=False)
+    assert (blob["state"]["phase"], blob["state"]["step"]) == ("unet", 0)
+    assert shared_stages(load_config(path, sets), tmp_path) == start  # made once
+    outs = {}
+    for name in ("none", "x0"):
+        out = tmp_path / f"{name}.pt"
+        (tmp_path / f"{name}.pt.partial").write_bytes(start.read_bytes())
+        seen: list[str] = []
+        pretrain(load_config(path, [*sets, *variants(0.5)[name]]), out,
+                 progress=lambda ph, st, tot, loss, seen=seen: seen.append(ph))
+        assert seen == ["unet"] * 3  # resumed at the UNet stage
+        outs[name] = torch.load(out, weights_only=True)["state_dict"]
+    vae = [k for k in outs["none"] if k.startswith("vae.")]
+    unet = [k for k in outs["none"] if k.startswith("unet.")]
+    assert vae and unet
+    assert all(torch.equal(outs["none"][k], outs["x0"][k]) for k in vae)
+    assert any(not torch.equal(outs["none"][k], outs["x0"][k]) for k in unet)  # TDC changed the UNet's gradients
