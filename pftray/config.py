@@ -84,6 +84,12 @@ class ModelConfig:
     beta_schedule: str = _f("squaredcos_cap_v2", "noise schedule", choices=("linear", "scaled_linear",
                                                                           "squaredcos_cap_v2"))
     sample_steps: int = _f(10, "DDIM steps when sampling", range=(1, 1000))
+    audio_dropout: float = _f(0.0, "share of training clips whose audio tokens are replaced by learned null tokens "
+                              "(pre-training and clients), which lets sampling use classifier-free guidance on the "
+                              "audio; > 0 adds the null tokens to the backbone", range=(0.0, 1.0))
+    audio_guidance: float = _f(1.0, "classifier-free guidance on the audio when sampling: out = uncond + s * (cond - "
+                               "uncond); 1 = off (one UNet call per step), > 1 strengthens what the audio drives (the "
+                               "mouth); needs audio_dropout > 0", range=(0.0, 50.0))
     gradient_checkpointing: bool = _f(False, "trade compute for memory on GPUs")
 
 
@@ -343,6 +349,9 @@ def _cross_checks(obj: Any, path: str) -> None:
             if c % obj.attention_head_dim:
                 raise ConfigError(f"{p}attention_head_dim: {obj.attention_head_dim} must divide every "
                                   f"unet_channels entry, got {list(obj.unet_channels)}")
+        if obj.audio_guidance != 1.0 and obj.audio_dropout == 0.0:
+            raise ConfigError(f"{p}audio_guidance: {obj.audio_guidance!r} with audio_dropout 0; guidance needs the "
+                              "null audio tokens that audio_dropout > 0 trains")
     if isinstance(obj, TrainConfig) and obj.lambda_tdc > 0 and obj.window < 2:
         raise ConfigError(f"{p}window: {obj.window} with lambda_tdc > 0; TDC needs window >= 2")
     if isinstance(obj, Config):

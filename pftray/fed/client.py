@@ -176,8 +176,11 @@ class ClientTrainer:
             else:
                 batch = self._batch(client, rng)
                 with self._autocast():
+                    # audio dropout keeps the adapters' null-audio branch (classifier-free guidance) trained too;
+                    # the DP-SGD path leaves it out (its per-sample losses are drawn from given noise only)
                     out = diffusion_losses(self.model, batch, lambda_tdc=cfg.train.lambda_tdc,
-                                           tdc_space=cfg.train.tdc_space, generator=gen)
+                                           tdc_space=cfg.train.tdc_space, generator=gen,
+                                           audio_dropout=cfg.model.audio_dropout)
                     loss = out["loss"]
                     if mu > 0 and train_shared:
                         loss = loss + proximal_term(adapter_parameters(self.model.unet, "shared"), global_params, mu)

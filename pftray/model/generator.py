@@ -110,11 +110,13 @@ def build_unet(mcfg: ModelConfig, latent_size: int, latent_channels: int) -> UNe
 class ConditionEncoder(nn.Module):
     """Audio window, pose and reference features -> cross-attention tokens ``[B, A + 2, D]``."""
 
-    def __init__(self, *, n_mels: int, audio_window: int, ref_channels: int, dim: int):
+    def __init__(self, *, n_mels: int, audio_window: int, ref_channels: int, dim: int, null_audio: bool = False):
         super().__init__()
         self.audio_in = nn.Sequential(nn.Linear(n_mels, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.audio_mix = nn.Conv1d(dim, dim, kernel_size=3, padding=1)
         self.audio_pos = nn.Parameter(torch.randn(audio_window, dim) * 0.02)
+        # learned "no audio" tokens (model.audio_dropout > 0): the unconditional branch of classifier-free guidance
+        self.null_audio = nn.Parameter(torch.randn(audio_window, dim) * 0.02) if null_audio else None
         self.pose = nn.Sequential(nn.Linear(POSE_DIM, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.identity = nn.Sequential(
             nn.Conv2d(ref_channels, dim, 3, padding=1), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
@@ -122,9 +124,15 @@ class ConditionEncoder(nn.Module):
         )
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, audio_feats: torch.Tensor, pose: torch.Tensor, ref_feat: torch.Tensor) -> torch.Tensor:
+    def forward(self, audio_feats: torch.Tensor, pose: torch.Tensor, ref_feat: torch.Tensor,
+                drop_audio: torch.Tensor | None = None) -> torch.Tensor:
+        """``drop_audio`` (bool ``[B]``): rows whose audio tokens become the null tokens."""
         a = self.audio_in(audio_feats)  # [B, A, D]
         a = a + self.audio_mix(a.transpose(1, 2)).transpose(1, 2) + self.audio_pos
+        if drop_audio is not None:
+            if self.null_audio is None:
+                raise ValueError("dropping the audio needs null tokens: build the model with model.audio_dropout > 0")
+            a = torch.where(drop_audio.to(a.device)[:, None, None], self.null_audio.to(a.dtype), a)
         tokens = torch.cat([a, self.pose(pose)[:, None], self.identity(ref_feat)[:, None]], dim=1)
         return self.norm(tokens)
 
@@ -176,7 +184,8 @@ class TalkingHeadModel(nn.Module):
         self.ref_proj = nn.Conv2d(3 * down * down, REF_CHANNELS, 1)
         self.warp = PoseWarp(mcfg.warp_grid) if mcfg.pose_warp else None
         self.cond = ConditionEncoder(n_mels=dcfg.n_mels, audio_window=dcfg.audio_window, ref_channels=REF_CHANNELS,
-                                     dim=self.unet.config.cross_attention_dim)
+                                     dim=self.unet.config.cross_attention_dim,
+                                     null_audio=mcfg.audio_dropout > 0)
         self.register_buffer("latent_scale", torch.tensor(1.0))
         self.register_buffer("latent_shift", torch.zeros(self.latent_channels))
         self.scheduler = DDPMScheduler(num_train_timesteps=mcfg.num_train_timesteps,
@@ -258,10 +267,10 @@ class TalkingHeadModel(nn.Module):
         return torch.cat([noisy, ref_feat, pose_maps.to(noisy.dtype)], dim=1)
 
     def predict(self, noisy: torch.Tensor, t: torch.Tensor, ref_feat: torch.Tensor, audio_feats: torch.Tensor,
-                pose: torch.Tensor) -> torch.Tensor:
+                pose: torch.Tensor, drop_audio: torch.Tensor | None = None) -> torch.Tensor:
         """Raw UNet output (the scheduler's ``prediction_type``) for a batch of single frames; ``ref_feat`` from
-        :meth:`reference_features`."""
-        tokens = self.cond(audio_feats, pose, ref_feat)
+        :meth:`reference_features`; ``drop_audio`` (bool ``[B]``) replaces those rows' audio by the null tokens."""
+        tokens = self.cond(audio_feats, pose, ref_feat, drop_audio)
         return self.unet(self.unet_input(noisy, ref_feat, pose), t, encoder_hidden_states=tokens).sample
 
     def to_x0_eps(self, noisy: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -278,12 +287,18 @@ class TalkingHeadModel(nn.Module):
     # ------------------------------------------------------------------------------------------ sampling
     @torch.no_grad()
     def sample(self, reference: torch.Tensor, audio_feats: torch.Tensor, pose: torch.Tensor, *, steps: int = 10,
-               generator: torch.Generator | None = None, shared_noise: bool = True) -> torch.Tensor:
+               generator: torch.Generator | None = None, shared_noise: bool = True,
+               guidance: float | None = None) -> torch.Tensor:
         """Generate frames ``[T, 3, H, W]`` in [-1, 1] for one clip with DDIM.
 
         ``reference`` is ``[3, H, W]``; ``audio_feats`` ``[T, A, M]``; ``pose`` ``[T, 4]``. With ``shared_noise``
-        every frame starts from the same initial noise, which removes most sampling flicker.
+        every frame starts from the same initial noise, which removes most sampling flicker. ``guidance``
+        (default ``model.audio_guidance``) != 1 applies classifier-free guidance on the audio (Ho & Salimans 2022):
+        ``out = out(null audio) + guidance * (out(audio) - out(null audio))``, same reference and pose.
         """
+        guidance = self.mcfg.audio_guidance if guidance is None else guidance
+        if guidance != 1.0 and self.cond.null_audio is None:
+            raise ValueError("audio guidance needs null audio tokens: pre-train with model.audio_dropout > 0")
         n = audio_feats.shape[0]
         device = reference.device
         ddim = DDIMScheduler.from_config(self.scheduler.config, clip_sample=False, set_alpha_to_one=True)
@@ -292,9 +307,19 @@ class TalkingHeadModel(nn.Module):
         shape = (1 if shared_noise else n, self.latent_channels, self.latent_size, self.latent_size)
         x = torch.randn(shape, generator=generator, device="cpu").to(device).expand(n, -1, -1, -1).contiguous()
         tokens = self.cond(audio_feats, pose, ref_feat)
+        if guidance != 1.0:  # one batched call: [conditional; null audio]
+            null = self.cond(audio_feats, pose, ref_feat, torch.ones(n, dtype=torch.bool, device=device))
+            tokens, ref_in, pose_in = torch.cat([tokens, null]), torch.cat([ref_feat, ref_feat]), torch.cat([pose, pose])
         for t in ddim.timesteps:
-            tt = torch.full((n,), int(t), device=device, dtype=torch.long)
-            out = self.unet(self.unet_input(x, ref_feat, pose), tt, encoder_hidden_states=tokens).sample
+            if guidance != 1.0:
+                tt = torch.full((2 * n,), int(t), device=device, dtype=torch.long)
+                out = self.unet(self.unet_input(torch.cat([x, x]), ref_in, pose_in), tt,
+                                encoder_hidden_states=tokens).sample
+                cond, uncond = out[:n], out[n:]
+                out = uncond + guidance * (cond - uncond)
+            else:
+                tt = torch.full((n,), int(t), device=device, dtype=torch.long)
+                out = self.unet(self.unet_input(x, ref_feat, pose), tt, encoder_hidden_states=tokens).sample
             x = ddim.step(out, t, x).prev_sample
         return self.decode(x, reference, pose)
 

@@ -43,13 +43,14 @@ def diffusion_losses(model: TalkingHeadModel, batch: dict[str, torch.Tensor], *,
                      tdc_space: str = "x0", generator: torch.Generator | None = None,
                      latents: tuple[torch.Tensor, torch.Tensor] | None = None,
                      timesteps: torch.Tensor | None = None, noise: torch.Tensor | None = None,
-                     reduce: bool = True) -> dict[str, torch.Tensor]:
+                     reduce: bool = True, audio_dropout: float = 0.0) -> dict[str, torch.Tensor]:
     """Denoising loss on every frame plus ``lambda_tdc`` * TDC across the frames of each clip.
 
     All frames of a clip share one timestep (TDC compares neighbouring frames at the same noise level); noise is
     independent per frame. ``timesteps`` (per clip, ``[B]``) and ``noise`` (latent shape) are drawn from
     ``generator`` unless given. Returns ``{"loss", "diffusion", "tdc", "x0_pred", "x0"}``; with ``reduce=False``
-    the losses are per clip ``[B]`` (for per-sample gradients).
+    the losses are per clip ``[B]`` (for per-sample gradients). ``audio_dropout`` > 0: that share of clips (drawn
+    from ``generator`` after the noise) sees the null audio tokens instead of its audio, for every frame.
     """
     b, f = batch["audio_feats"].shape[:2]
     device = batch["audio_feats"].device
@@ -62,7 +63,10 @@ def diffusion_losses(model: TalkingHeadModel, batch: dict[str, torch.Tensor], *,
     eps = noise.to(device, x0.dtype)
     noisy = model.scheduler.add_noise(x0, eps, t)
     ref_rep = ref.repeat_interleave(f, dim=0)
-    out = model.predict(noisy, t, ref_rep, batch["audio_feats"].flatten(0, 1), batch["pose"].flatten(0, 1))
+    drop = None
+    if audio_dropout > 0:
+        drop = (torch.rand(b, generator=generator) < audio_dropout).repeat_interleave(f)
+    out = model.predict(noisy, t, ref_rep, batch["audio_feats"].flatten(0, 1), batch["pose"].flatten(0, 1), drop)
     ptype = model.scheduler.config.prediction_type
     if ptype == "v_prediction":
         target = model.scheduler.get_velocity(x0, eps, t)

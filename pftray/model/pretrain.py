@@ -160,7 +160,7 @@ def pretrain(cfg: Config, out: str | Path, *, progress: Callable[[str, int, int,
         _cosine_lr(opt, p.lr_unet, state["step"], p.unet_steps)
         ref = model.reference_features(refs_t[torch.as_tensor(ident[ci])])  # ref_proj trains with the UNet
         out_ = diffusion_losses(model, batch, lambda_tdc=cfg.train.lambda_tdc, tdc_space=cfg.train.tdc_space,
-                                generator=gen, latents=(x0, ref))
+                                generator=gen, latents=(x0, ref), audio_dropout=cfg.model.audio_dropout)
         opt.zero_grad(set_to_none=True)
         out_["loss"].backward()
         torch.nn.utils.clip_grad_norm_([q for g in opt.param_groups for q in g["params"]], 1.0)

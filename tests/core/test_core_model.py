@@ -191,3 +191,57 @@ def test_vae_loss_l1_weight_is_the_l1_term_exactly():
         target = model._residual(frames, model.base(ref, 2))
     torch.testing.assert_close(mse_only, ((recon - target) ** 2).mean())
     torch.testing.assert_close(both - mse_only, 2.0 * (recon - target).abs().mean())
+
+
+def test_audio_guidance_interpolates_between_null_and_real_audio():
+    from pftray.config import ConfigError
+    from pftray.model.generator import TalkingHeadModel
+
+    with pytest.raises(ConfigError, match="model.audio_guidance: 2.0 with audio_dropout 0"):
+        tiny_config(**{"model.audio_guidance": 2.0})
+    cfg = tiny_config(**{"model.audio_dropout": 0.2})
+    torch.manual_seed(0)
+    model = TalkingHeadModel(cfg.model, cfg.data).eval()
+    with torch.no_grad():
+        model.cond.null_audio.normal_()  # make the null tokens clearly different from any audio
+    res, n = cfg.data.resolution, 3
+    ref = torch.rand(3, res, res) * 2 - 1
+    audio = torch.randn(n, cfg.data.audio_window, cfg.data.n_mels)
+    pose = torch.randn(n, 4) * 0.1
+
+    def run(g, **kw):
+        return model.sample(ref, audio, pose, steps=3, generator=torch.Generator().manual_seed(1), guidance=g, **kw)
+
+    plain = run(1.0)
+    assert torch.equal(plain, model.sample(ref, audio, pose, steps=3, generator=torch.Generator().manual_seed(1)))
+    uncond = run(0.0)  # guidance 0 = the null-audio branch alone
+    orig = model.cond.forward
+    model.cond.forward = lambda a, p, r, drop=None: orig(a, p, r, torch.ones(a.shape[0], dtype=torch.bool))
+    try:
+        null_only = run(1.0)
+    finally:
+        model.cond.forward = orig
+    torch.testing.assert_close(uncond, null_only, rtol=1e-4, atol=1e-4)
+    assert (plain - uncond).abs().max() > 1e-3  # the audio matters, so the two ends differ
+    assert (run(3.0) - plain).abs().max() > 1e-3
+    no_null = TalkingHeadModel(tiny_config().model, cfg.data)
+    with pytest.raises(ValueError, match="audio_dropout > 0"):
+        no_null.sample(ref, audio, pose, steps=2, guidance=2.0)
+
+
+def test_audio_dropout_one_makes_the_loss_blind_to_the_audio(cfg, client):
+    from pftray.data import clips_to_batch
+    from pftray.model.generator import TalkingHeadModel
+
+    c = tiny_config(**{"model.audio_dropout": 0.5})
+    torch.manual_seed(0)
+    model = TalkingHeadModel(c.model, c.data)
+    batch = clips_to_batch(client.train, frames=2, rng=np.random.default_rng(0), reference=client.reference)
+    other = {**batch, "audio_feats": torch.randn_like(batch["audio_feats"])}
+
+    def loss(b, p):
+        with torch.no_grad():
+            return diffusion_losses(model, b, generator=torch.Generator().manual_seed(3), audio_dropout=p)["loss"]
+
+    assert torch.equal(loss(batch, 1.0), loss(other, 1.0))  # every clip sees the null tokens
+    assert not torch.equal(loss(batch, 0.0), loss(other, 0.0))
