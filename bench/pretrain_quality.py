@@ -9,7 +9,7 @@ measure on held-out clips of UNSEEN identities (the client identities, disjoint 
 
 with pre-training wall and CPU times. Prints a table and writes JSON.
 
-    python -m bench.pretrain_quality --config configs/quickstart.yaml --backbone checkpoints/backbone-tiny64.pt
+    python -m bench.pretrain_quality --config configs/quickstart.yaml --backbone checkpoints/backbone-warp64.pt
     python -m bench.pretrain_quality --pretrain ...   # pre-train first (writes --backbone)
 """
 
@@ -91,7 +91,7 @@ def print_quality(res: dict) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="configs/quickstart.yaml")
-    ap.add_argument("--backbone", default="checkpoints/backbone-tiny64.pt")
+    ap.add_argument("--backbone", default="checkpoints/backbone-warp64.pt")
     ap.add_argument("--pretrain", action="store_true", help="pre-train first (resumes a partial run)")
     ap.add_argument("--identities", type=int, default=8, help="unseen identities evaluated")
     ap.add_argument("--steps", type=int, default=10, help="DDIM steps")

@@ -16,7 +16,7 @@ PFTRAY=${PFTRAY:-pftray}
 backbone=$($PFTRAY config "$CONFIG" | python -c 'import sys, yaml; print(yaml.safe_load(sys.stdin)["model"]["backbone"])')
 if [[ -n "$backbone" && ! -f "$backbone" ]]; then
   echo "compare.sh: the backbone $backbone does not exist yet. Make it first with:" >&2
-  echo "  $PFTRAY pretrain configs/quickstart.yaml --out $backbone" >&2
+  echo "  $PFTRAY pretrain $CONFIG --out $backbone" >&2
   exit 2
 fi
 

@@ -245,3 +245,26 @@ def test_audio_dropout_one_makes_the_loss_blind_to_the_audio(cfg, client):
 
     assert torch.equal(loss(batch, 1.0), loss(other, 1.0))  # every clip sees the null tokens
     assert not torch.equal(loss(batch, 0.0), loss(other, 0.0))
+
+
+def test_x0_and_eps_space_tdc_differ_only_by_the_timestep_weight(cfg, client):
+    """Under v-prediction, x0 = a x_t - s v and eps = a v + s x_t (a = sqrt(alpha_bar_t), s = sqrt(1 - alpha_bar_t)):
+    at one timestep per clip, TDC_x0 = s |dv_hat - dv| and TDC_eps = a |dv_hat - dv|."""
+    from pftray.data import clips_to_batch
+
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    batch = clips_to_batch(client.train, frames=3, rng=np.random.default_rng(0), reference=client.reference)
+    t = torch.tensor([50, 700])[: batch["audio_feats"].shape[0]]
+    kw = {"timesteps": t, "noise": None, "reduce": False, "lambda_tdc": 1.0}
+    with torch.no_grad():
+        noise = torch.randn(encode_diffusion_shape(model, batch), generator=torch.Generator().manual_seed(1))
+        x0 = diffusion_losses(model, batch, tdc_space="x0", **{**kw, "noise": noise})["tdc"]
+        eps = diffusion_losses(model, batch, tdc_space="eps", **{**kw, "noise": noise})["tdc"]
+    ac = model.scheduler.alphas_cumprod[t].double()
+    torch.testing.assert_close(x0.double() / eps.double(), ((1 - ac) / ac).sqrt(), rtol=1e-4, atol=0)
+
+
+def encode_diffusion_shape(model, batch):
+    b, f = batch["audio_feats"].shape[:2]
+    return (b * f, model.latent_channels, model.latent_size, model.latent_size)
