@@ -7,6 +7,7 @@ python -m bench secagg-vs-flower  # pftray's SecAgg+ vs Flower's SecAgg+
 python -m bench pretrain-quality  # backbone quality on unseen identities
 python -m bench scale             # 10,000 registered clients vs 100
 python -m bench tdc               # the TDC default by experiment: none vs eps-space vs x0-space
+python -m bench tail-sim          # simulated tail imbalance of client-granular scheduling (reads `overhead`)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ BENCHMARKS = {
     "pretrain-quality": "bench.pretrain_quality",
     "scale": "bench.scale",
     "tdc": "bench.tdc",
+    "tail-sim": "bench.tail_sim",
 }
 
 

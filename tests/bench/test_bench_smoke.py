@@ -133,6 +133,21 @@ def test_comm_share_falls_with_width_down_to_sd_scale(tmp_path):
     assert sd["full_unet"]["unet_numel"] > 5e8 and sd["target"]["met"] and sd["rows"][0]["secagg_bytes"] is None
 
 
+def test_tail_sim_is_exact_without_noise_and_grows_with_the_spread():
+    import numpy as np
+
+    from bench.tail_sim import RULES, simulate_round, tail_table
+
+    for rule in RULES.values():  # equal clients, an even split, no round trip: no tail at all
+        assert simulate_round(np.full(10, 1.3), 2, rule, 0.0) == pytest.approx(0.0, abs=1e-12)
+    # 3 equal clients on 2 workers: one worker runs the third alone -> round 2.0, total / workers 1.5: tail 0.5
+    assert simulate_round(np.ones(3), 2, RULES["1"], 0.0) == pytest.approx(0.5)
+    rows = tail_table([10], [0.0, 0.1, 0.3], mean=1.0, workers=2, rounds=200, rtt=0.0)
+    med = {(r["spread"], r["rule"]): r["median_tail_s"] for r in rows}
+    for name in RULES:
+        assert abs(med[(0.0, name)]) < 1e-12 and 0 < med[(0.1, name)] < med[(0.3, name)]
+
+
 # --------------------------------------------------------------------------------------------------- train
 def test_train_measures_tiny_fit():
     from bench.train import measure_fit
@@ -159,5 +174,6 @@ def test_secagg_settings_match_neighbourhoods():
 def test_entry_point_knows_every_benchmark():
     from bench.__main__ import BENCHMARKS, main
 
-    assert set(BENCHMARKS) == {"overhead", "comm", "train", "secagg-vs-flower", "pretrain-quality", "scale", "tdc"}
+    assert set(BENCHMARKS) == {"overhead", "comm", "train", "secagg-vs-flower", "pretrain-quality", "scale", "tdc",
+                               "tail-sim"}
     assert main(["no-such-bench"]) == 2
