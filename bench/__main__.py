@@ -7,7 +7,7 @@ python -m bench secagg-vs-flower  # pftray's SecAgg+ vs Flower's SecAgg+
 python -m bench pretrain-quality  # backbone quality on unseen identities
 python -m bench scale             # 10,000 registered clients vs 100
 python -m bench tdc               # the TDC default by experiment: none vs eps-space vs x0-space
-python -m bench tail-sim          # simulated tail imbalance of client-granular scheduling (reads `overhead`)
+python -m bench tail-sim          # simulated tail imbalance of client-granular scheduling (to read `overhead`)
 """
 
 from __future__ import annotations

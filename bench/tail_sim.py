@@ -19,8 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pftray.runtime.pool import chunk_size
+
 RULES: dict[str, Callable[[int, int], int]] = {
-    "ceil(R/2P) (pftray)": lambda r, p: max(1, -(-r // (2 * p))),
+    "ceil(R/2P) (pftray)": chunk_size,  # the rule RayPool's dynamic dispatch uses
     "floor(R/2P)": lambda r, p: max(1, r // (2 * p)),
     "ceil(R/P)": lambda r, p: max(1, -(-r // p)),
     "1": lambda r, p: 1,

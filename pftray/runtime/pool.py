@@ -93,6 +93,11 @@ def client_tier(client_id: int, tiers: tuple[TierConfig, ...]) -> int:
     return int(np.searchsorted(cum, u, side="right").clip(0, len(tiers) - 1))
 
 
+def chunk_size(remaining: int, workers: int) -> int:
+    """Dynamic dispatch's next chunk (guided self-scheduling): ceil(remaining / (2 * workers)), at least 1."""
+    return max(1, -(-remaining // (2 * workers)))
+
+
 class RayPool:
     """The driver's view of the worker actors; same contract as :class:`pftray.fed.pool.LocalPool`."""
 
@@ -175,7 +180,7 @@ class RayPool:
 
         def next_chunk(ti: int) -> list[int]:
             q = queues.get(ti, [])
-            n = max(1, -(-len(q) // (2 * self.tiers[ti].num_workers)))  # guided self-scheduling
+            n = chunk_size(len(q), self.tiers[ti].num_workers)
             chunk, queues[ti] = q[:n], q[n:]
             return chunk
 
