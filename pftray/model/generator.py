@@ -297,7 +297,8 @@ class TalkingHeadModel(nn.Module):
         ``out = out(null audio) + guidance * (out(audio) - out(null audio))``, same reference and pose.
         """
         guidance = self.mcfg.audio_guidance if guidance is None else guidance
-        if guidance != 1.0 and self.cond.null_audio is None:
+        guided = guidance != 1.0
+        if guided and self.cond.null_audio is None:
             raise ValueError("audio guidance needs null audio tokens: pre-train with model.audio_dropout > 0")
         n = audio_feats.shape[0]
         device = reference.device
@@ -306,20 +307,17 @@ class TalkingHeadModel(nn.Module):
         ref_feat = self.reference_features(reference[None]).expand(n, -1, -1, -1)
         shape = (1 if shared_noise else n, self.latent_channels, self.latent_size, self.latent_size)
         x = torch.randn(shape, generator=generator, device="cpu").to(device).expand(n, -1, -1, -1).contiguous()
-        tokens = self.cond(audio_feats, pose, ref_feat)
-        if guidance != 1.0:  # one batched call: [conditional; null audio]
+        tokens, ref_in, pose_in = self.cond(audio_feats, pose, ref_feat), ref_feat, pose
+        if guided:  # one batched UNet call per step: [conditional; null audio]
             null = self.cond(audio_feats, pose, ref_feat, torch.ones(n, dtype=torch.bool, device=device))
             tokens, ref_in, pose_in = torch.cat([tokens, null]), torch.cat([ref_feat, ref_feat]), torch.cat([pose, pose])
         for t in ddim.timesteps:
-            if guidance != 1.0:
-                tt = torch.full((2 * n,), int(t), device=device, dtype=torch.long)
-                out = self.unet(self.unet_input(torch.cat([x, x]), ref_in, pose_in), tt,
-                                encoder_hidden_states=tokens).sample
-                cond, uncond = out[:n], out[n:]
+            x_in = torch.cat([x, x]) if guided else x
+            tt = torch.full((x_in.shape[0],), int(t), device=device, dtype=torch.long)
+            out = self.unet(self.unet_input(x_in, ref_in, pose_in), tt, encoder_hidden_states=tokens).sample
+            if guided:
+                cond, uncond = out.chunk(2)
                 out = uncond + guidance * (cond - uncond)
-            else:
-                tt = torch.full((n,), int(t), device=device, dtype=torch.long)
-                out = self.unet(self.unet_input(x, ref_feat, pose), tt, encoder_hidden_states=tokens).sample
             x = ddim.step(out, t, x).prev_sample
         return self.decode(x, reference, pose)
 
@@ -351,7 +349,8 @@ def num_params(module: nn.Module, trainable_only: bool = False) -> int:
 def vae_loss(model: TalkingHeadModel, frames: torch.Tensor, references: torch.Tensor,
              kl_weight: float, pose: torch.Tensor | None = None,
              l1_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``l1_weight`` * L1 + MSE reconstruction (of the residual to the reference) of the posterior mean + ``kl_weight`` * KL.
+    """MSE + ``l1_weight`` * L1 reconstruction (of the residual to the reference) of the posterior mean, plus
+    ``kl_weight`` * KL.
 
     The decoder is trained on the posterior *mean*: with the tiny KL weight we want (a sharp autoencoder whose
     latents the diffusion model learns), sampling the posterior only injects noise that slows learning several

@@ -176,7 +176,8 @@ def pretrain(cfg: Config, out: str | Path, *, progress: Callable[[str, int, int,
     model.eval()
     blob = model.backbone_state()
     blob["pretrain"] = {"warp_steps": p.warp_steps if model.warp is not None else 0, "vae_steps": p.vae_steps,
-                        "unet_steps": p.unet_steps, "times": state["times"], "public_identities": cfg.data.public_identities, "seed": cfg.experiment.seed}
+                        "unet_steps": p.unet_steps, "times": state["times"],
+                        "public_identities": cfg.data.public_identities, "seed": cfg.experiment.seed}
     buf = io.BytesIO()
     torch.save(blob, buf)
     atomic_write_bytes(out, buf.getvalue())
