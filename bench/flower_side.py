@@ -15,7 +15,7 @@ Commands (inside Flower's venv):
   the time inside the mods, driver seconds the rest of the workflow.
 
     bash bench/make_flower_venv.sh                      # once (or let ensure_flower_venv build it)
-    /work/flwr-venv/bin/python -m bench.flower_side secagg --n 10 --d 10000 --num-shares 3 --threshold 2
+    .flwr-venv/bin/python -m bench.flower_side secagg --n 10 --d 10000 --num-shares 3 --threshold 2
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_VENV = os.environ.get("FLWR_VENV", "/work/flwr-venv")
+DEFAULT_VENV = os.environ.get("FLWR_VENV", str(REPO / ".flwr-venv"))
 
 
 # ------------------------------------------------------------------------------------------ pftray's end

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Build the separate virtualenv that runs Flower's side of the benchmarks (Flower 1.42 pins its own Ray, which
 # must not replace the Ray of pftray's environment). Idempotent: does nothing when the venv already imports flwr.
-#   bash bench/make_flower_venv.sh [VENV_DIR]      (default /work/flwr-venv)
+#   bash bench/make_flower_venv.sh [VENV_DIR]      (default .flwr-venv in the repository, git-ignored)
 set -euo pipefail
-VENV="${1:-${FLWR_VENV:-/work/flwr-venv}}"
+VENV="${1:-${FLWR_VENV:-$(cd "$(dirname "$0")/.." && pwd)/.flwr-venv}}"
 if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import flwr, ray, torch" 2>/dev/null; then
   exit 0
 fi

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from pftray.config import load_config
 from pftray.data import clips_to_batch, load_client_shard
 from pftray.fed.client import ClientTrainer
 from pftray.fed.host import ClientProvider
@@ -24,12 +23,11 @@ from pftray.privacy.audit import (
 )
 from pftray.privacy.audit_stats import one_run_epsilon_lower_bound
 from pftray.runtime.driver import run_federated
-
-TINY = "/work/notes/tiny.yaml"
+from tests.tinycfg import tiny_config
 
 
 def _tiny():
-    return load_config(TINY).replace(
+    return tiny_config().replace(
         **{
             "data.clips_per_client": 1,
             "train.local_steps": 30,

@@ -11,7 +11,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pftray.config import load_config
 from pftray.data import clips_to_batch
 from pftray.fed.client import build_model
 from pftray.fed.host import ClientProvider
@@ -27,15 +26,15 @@ from pftray.privacy.dpsgd import (
     poisson_clip_indices,
     privatize_gradients,
 )
+from tests.tinycfg import tiny_config
 
-TINY = "/work/notes/tiny.yaml"
 FRAMES = 3
 
 
 @pytest.fixture(scope="module")
 def base():
     torch.manual_seed(0)
-    cfg = load_config(TINY)
+    cfg = tiny_config()
     model = build_model(cfg)
     g = torch.Generator().manual_seed(1)
     with (

@@ -6,6 +6,7 @@ import copy
 import os
 import signal
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,8 @@ from typing import Any
 import psutil
 
 REPO = Path(__file__).resolve().parents[2]
-PYTHON = "/work/venv/bin/python" if Path("/work/venv/bin/python").exists() else "python"
+#: the interpreter running the tests (the project venv's own python): never a bare "python" from PATH
+PYTHON = sys.executable
 
 #: the smallest config that trains and evaluates (about 5 s per round on one CPU core)
 TINY_BASE: dict[str, Any] = {
