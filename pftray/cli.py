@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_compare_parser(sub)
     add_sweep_parser(sub)
 
-    p = sub.add_parser("audit", help="membership-inference audit of a run (AUC, TPR@1%FPR, empirical epsilon)")
+    p = sub.add_parser("audit", help="membership-inference audit of a run (AUC, TPR@1%%FPR, empirical epsilon)")
     p.add_argument("run_dir")
     p.add_argument("--timesteps", type=int, nargs="+", default=[100, 300, 500])
     p.add_argument("--repeats", type=int, default=4)
