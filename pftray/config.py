@@ -22,9 +22,7 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A bad configuration value: the message names the key path, the value and what is allowed."""
+from pftray.errors import ConfigError  # re-exported: `from pftray.config import ConfigError` keeps working
 
 
 def _f(default: Any, help: str, *, range: tuple[float | None, float | None] | None = None,  # noqa: A002
@@ -165,7 +163,10 @@ class PrivacyConfig:
     clip_lr: float = _f(0.2, "adaptive clipping: geometric learning rate", range=(0.0, 10.0))
     clipped_count_stddev: float = _f(0.0, "adaptive clipping: noise on the unclipped count (0 = m/20)",
                                      range=(0.0, 1e6))
-    noise_placement: str = _f("central", "where the Gaussian noise is added", choices=("central", "distributed"))
+    noise_placement: str = _f("central", "where the noise is added: 'central' (trusted driver, Gaussian) or "
+                              "'distributed' (clients add Skellam shares under SecAgg)", choices=("central", "distributed"))
+    example_cap: int = _f(0, "on-device weight under DP or SecAgg: min(n, cap)/cap (0 = every client weighs 1)",
+                          range=(0, 1_000_000_000))
     target_delta: float = _f(1e-5, "delta of the (epsilon, delta) guarantee", range=(0.0, 1.0))
     target_epsilon: float = _f(0.0, "stop before exceeding this epsilon (0 = no budget)", range=(0.0, 1e6))
     accountant: str = _f("rdp", "privacy accountant", choices=("rdp", "prv"))
@@ -173,7 +174,8 @@ class PrivacyConfig:
     secagg_degree: int = _f(0, "SecAgg+ neighbours per client (0 = complete graph, classic SecAgg)",
                             range=(0, 100_000))
     secagg_threshold: float = _f(0.5, "fraction of sampled clients that must survive", range=(0.0, 1.0))
-    secagg_modulus_bits: int = _f(32, "fixed-point modulus 2^k", choices=(32, 64))
+    secagg_modulus_bits: int = _f(32, "fixed-point modulus 2^k (k <= 53: the fixed-point grid is exact in float64)",
+                                  range=(8, 53))
     noise_scalars: float = _f(0.0, "stddev of noise on the ISFA scalars sent to the server", range=(0.0, 10.0))
 
 
@@ -357,6 +359,14 @@ def _cross_checks(obj: Any, path: str) -> None:
     if isinstance(obj, Config):
         if obj.privacy.noise_multiplier > 0 and obj.privacy.clipping_norm <= 0:
             raise ConfigError("privacy.clipping_norm: 0 with noise_multiplier > 0; DP needs a clipping norm > 0")
+        if obj.privacy.noise_multiplier > 0 and obj.fed.sample_rate <= 0:
+            q = obj.fed.clients_per_round / max(obj.data.num_clients, 1)
+            raise ConfigError(f"fed.sample_rate: 0 (fixed-size sampling of fed.clients_per_round) with "
+                              f"privacy.noise_multiplier > 0; client-level DP is accounted for Poisson sampling, so "
+                              f"set fed.sample_rate (e.g. {q:.4g} = clients_per_round / num_clients)")
+        if obj.privacy.noise_multiplier > 0 and obj.privacy.noise_placement == "distributed" and not obj.privacy.secagg:
+            raise ConfigError("privacy.noise_placement: 'distributed' without privacy.secagg; without secure "
+                              "aggregation the driver sees each client's noise share, so set privacy.secagg: true")
         if obj.fed.min_clients > max(obj.fed.clients_per_round, 1) and obj.fed.sample_rate == 0:
             raise ConfigError(f"fed.min_clients: {obj.fed.min_clients} exceeds fed.clients_per_round "
                               f"{obj.fed.clients_per_round}")

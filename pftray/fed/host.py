@@ -22,7 +22,13 @@ import torch
 from pftray.config import Config
 from pftray.data import ClientData
 from pftray.fed.client import ClientState, ClientTrainer, ClientUpdate
+from pftray.fed.strategy import device_weight
 from pftray.privacy.dp import clip_update
+from pftray.privacy.layer import bounded_weight, secure_generator, skellam_noise
+
+#: what a client's report to the driver keeps when per-client values must not reach it (secure aggregation)
+#: (placement only: no scalar, not even the training time, which would leak the example count)
+PUBLIC_REPORT_KEYS = ("client_id", "status", "message", "worker", "node_id", "gpu_ids")
 
 
 class ClientProvider:
@@ -128,6 +134,7 @@ class ClientHost:
         self.data = ClientProvider(cfg)
         self.states = ClientStateStore(Path(run_dir) / "clients", resident=cfg.runtime.resident_clients)
         self.pending: dict[int, ClientUpdate] = {}
+        self.omega: dict[int, float] = {}  # on-device DP weights of the pending updates
         self.secagg: dict[int, Any] = {}
         self.round = -1  # the round whose updates ``pending`` holds
 
@@ -140,78 +147,117 @@ class ClientHost:
         is free), so the deltas kept from earlier rounds are dropped at the first call of a new round only."""
         if server_round != self.round:
             self.pending.clear()
+            self.omega.clear()
             self.secagg.clear()
             self.round = server_round
         reports = []
         for cid in client_ids:
             t0 = time.perf_counter()
             try:
-                client = self.data.get(cid)
-                state = self.states.load(cid, before_round=server_round)
-                update, new_state = self.trainer.fit(client, state, global_shared, server_round=server_round,
-                                                     mu=float(round_cfg.get("mu", 0.0)))
-                if round_cfg.get("fault_nan_clients") and cid in round_cfg["fault_nan_clients"]:
-                    update.delta[:] = np.nan  # fault injection for tests of the server's rejection path
-                    update.status, update.message = "nonfinite", "update contains NaN/Inf"
-                self.states.save(cid, server_round, new_state)
+                update = self._train(cid, global_shared, server_round, round_cfg)
                 sigma = float(round_cfg.get("noise_scalars", 0.0))
-                if sigma > 0:
-                    rng = np.random.default_rng((self.cfg.experiment.seed, server_round, cid, 99))
+                if sigma > 0:  # a privacy measure: secret noise, never regenerable from the config
+                    rng = secure_generator()
                     update.id_sim += float(rng.normal(0, sigma))
                     update.temp_stab += float(rng.normal(0, sigma))
-                self.pending[cid] = update
+                self._screen(update)
                 rep = update.scalars()
+                if update.status == "ok":
+                    self.pending[cid] = update
+                    if round_cfg.get("dp_weight"):
+                        self.omega[cid] = bounded_weight(device_weight(rep, round_cfg["dp_weight"]))
             except Exception as exc:  # a failing client must not take its worker's other clients down
                 if isinstance(exc, KeyboardInterrupt):
                     raise
                 rep = {"client_id": cid, "status": "error", "message": f"{type(exc).__name__}: {exc}"}
             rep.update(worker=self.worker, node_id=_node_id(), gpu_ids=os.environ.get("CUDA_VISIBLE_DEVICES", ""),
                        fit_s=time.perf_counter() - t0)
+            if round_cfg.get("private_reports"):  # secure aggregation: no per-client value reaches the driver
+                rep = {k: rep[k] for k in PUBLIC_REPORT_KEYS if k in rep}
+                if rep.get("status") != "ok":
+                    rep["message"] = "withheld under secure aggregation"
             reports.append(rep)
         return reports
 
-    def _prepared(self, cid: int, scale: float, clipping_norm: float, noise_std: float,
-                  seed: int) -> tuple[np.ndarray, float, bool]:
+    def _train(self, cid: int, global_shared: np.ndarray, server_round: int,
+               round_cfg: dict[str, Any]) -> ClientUpdate:
+        """Local training of one client (its new private state is saved here); the rest of :meth:`fit` is the same
+        for every kind of client, which lets tests substitute a stand-in trainer."""
+        client = self.data.get(cid)
+        state = self.states.load(cid, before_round=server_round)
+        update, new_state = self.trainer.fit(client, state, global_shared, server_round=server_round,
+                                             mu=float(round_cfg.get("mu", 0.0)))
+        if round_cfg.get("fault_nan_clients") and cid in round_cfg["fault_nan_clients"]:
+            update.delta[:] = np.nan  # fault injection for tests of the server's rejection path
+            update.status, update.message = "nonfinite", "update contains NaN/Inf"
+        self.states.save(cid, server_round, new_state)
+        return update
+
+    def _screen(self, update: ClientUpdate) -> None:
+        """Reject, on the client's own host, an update the server must never sum: non-finite values or an absurd
+        norm (``fed.max_update_norm``). The driver learns only the status."""
+        if update.status != "ok":
+            return
+        scalars = (update.update_norm, update.loss, update.id_sim, update.temp_stab)
+        if not all(np.isfinite(float(x)) for x in scalars) or not np.all(np.isfinite(update.delta)):
+            update.status, update.message = "nonfinite", "non-finite update or scalar"
+        elif update.update_norm > self.cfg.fed.max_update_norm:
+            update.status = "rejected_norm"
+            update.message = f"update norm {update.update_norm:.3g} > fed.max_update_norm {self.cfg.fed.max_update_norm}"
+
+    def _prepared(self, cid: int, scale: float | None, clipping_norm: float) -> tuple[np.ndarray, float, bool, float]:
+        """``clip(w delta, C)`` with ``w`` the server's scale, or (``scale=None``, under DP) the client's own bounded
+        weight. Returns ``(vector, norm before clipping, was_clipped, w)``."""
         upd = self.pending[cid]
-        v = upd.delta * np.float32(scale)
+        w = bounded_weight(self.omega.get(cid, 0.0)) if scale is None else float(scale)
+        v = upd.delta * np.float32(w)
         norm, clipped = float(np.linalg.norm(v)), False
         if clipping_norm > 0:
             v, norm, clipped = clip_update(v, clipping_norm)
-        if noise_std > 0:
-            rng = np.random.default_rng((seed, cid))
-            v = v + rng.normal(0.0, noise_std, size=v.shape).astype(np.float32)
-        return v.astype(np.float32), norm, clipped
+        return v.astype(np.float32), norm, clipped, w
 
-    def contribute(self, scales: dict[int, float], *, clipping_norm: float = 0.0, noise_std: float = 0.0,
-                   seed: int = 0) -> tuple[np.ndarray, dict[int, dict[str, Any]]]:
-        """Sum over this host's clients of ``clip(scale_k * delta_k, C) (+ noise share)``; per-client norm/clip."""
+    def contribute(self, scales: dict[int, float | None], *, clipping_norm: float = 0.0,
+                   **_: Any) -> tuple[np.ndarray, dict[int, dict[str, Any]]]:
+        """Sum over this host's clients of ``clip(w_k delta_k, C)``, and per client its norm, clip flag and weight
+        (for the trusted driver of central DP or a run without DP; under secure aggregation see :meth:`secagg_stage`)."""
         total, info = None, {}
         for cid, scale in scales.items():
-            v, norm, clipped = self._prepared(cid, scale, clipping_norm, noise_std, seed)
+            v, norm, clipped, w = self._prepared(cid, scale, clipping_norm)
             total = v.astype(np.float64) if total is None else total + v
-            info[cid] = {"update_norm_scaled": norm, "clipped": clipped}
+            info[cid] = {"update_norm_scaled": norm, "clipped": clipped, "weight": w}
         self.pending.clear()
+        self.omega.clear()
         return total, info
 
     # ------------------------------------------------------------------------------------------- secagg
-    def secagg_stage(self, stage: str, messages: dict[int, Any], *, scales: dict[int, float] | None = None,
-                     clipping_norm: float = 0.0, noise_std: float = 0.0, seed: int = 0) -> dict[int, Any]:
-        """Run one SecAgg+ client stage for the hosted clients addressed in ``messages``."""
+    def secagg_stage(self, stage: str, messages: dict[int, Any], *, scales: dict[int, float | None] | None = None,
+                     clipping_norm: float = 0.0, count_scale: float = 1.0, skellam_mu: float = 0.0,
+                     send_weight: bool = False, **_: Any) -> dict[int, Any]:
+        """Run one SecAgg+ client stage for the hosted clients addressed in ``messages``.
+
+        At ``masked_input`` each client encodes ``[clip(w delta, C), count_scale (b - 1/2), w or 0]``, with ``b`` its
+        unclipped indicator and ``w`` its weight (summed for the normalisation of a run without DP) (adaptive clipping learns only the centred count over the survivors, never who was clipped), and,
+        under distributed DP, adds ``Skellam(skellam_mu)`` integer noise to every coordinate of its fixed-point vector
+        from secret randomness before masking."""
         from pftray.privacy.secagg import SecAggClient
 
         replies = {}
         for cid, msg in messages.items():
             if stage == "setup":
-                self.secagg[cid] = SecAggClient(cid, rng=np.random.default_rng((seed, cid, 1)))
+                self.secagg[cid] = SecAggClient(cid)
                 replies[cid] = self.secagg[cid].setup(msg)
             elif stage == "share_keys":
                 replies[cid] = self.secagg[cid].share_keys(msg)
             elif stage == "masked_input":
-                v, norm, clipped = self._prepared(cid, scales[cid], clipping_norm, noise_std, seed)
-                # the unclipped indicator rides along as one extra coordinate: adaptive clipping learns only
-                # the count over survivors, never who was clipped
-                vec = np.concatenate([v, np.array([0.0 if clipped else 1.0], np.float32)])
-                replies[cid] = self.secagg[cid].masked_input(msg, vec)
+                scale = scales.get(cid) if scales is not None else None
+                v, norm, clipped, _w = self._prepared(cid, scale, clipping_norm)
+                extra = [count_scale * ((0.0 if clipped else 1.0) - 0.5), _w if send_weight else 0.0]
+                vec = np.concatenate([v, np.array(extra, np.float32)])
+                if skellam_mu > 0:
+                    noise = skellam_noise(vec.shape, skellam_mu, secure_generator())
+                    replies[cid] = self.secagg[cid].masked_input(msg, vec, integer_noise=noise)
+                else:
+                    replies[cid] = self.secagg[cid].masked_input(msg, vec)
             elif stage == "unmask":
                 replies[cid] = self.secagg[cid].unmask(msg)
             else:
@@ -219,6 +265,7 @@ class ClientHost:
         if stage == "unmask":
             self.secagg.clear()
             self.pending.clear()
+            self.omega.clear()
         return replies
 
     # ----------------------------------------------------------------------------------------- evaluate

@@ -33,12 +33,10 @@ class LocalPool:
             reports += self.hosts[h].fit(group, global_shared, server_round, round_cfg)
         return reports
 
-    def contribute(self, scales: dict[int, float], *, clipping_norm: float, noise_std: float,
-                   seed: int) -> tuple[np.ndarray, dict[int, dict[str, Any]]]:
+    def contribute(self, scales: dict[int, float | None], **kw: Any) -> tuple[np.ndarray, dict[int, dict[str, Any]]]:
         total, info = None, {}
         for h, group in group_by_host(scales, len(self.hosts)).items():
-            part, inf = self.hosts[h].contribute({c: scales[c] for c in group}, clipping_norm=clipping_norm,
-                                                 noise_std=noise_std, seed=seed)
+            part, inf = self.hosts[h].contribute({c: scales[c] for c in group}, **kw)
             total = part if total is None else total + part
             info.update(inf)
         return total, info

@@ -58,8 +58,31 @@ def isfa_weights(num_examples: Sequence[float], scores: Sequence[float], *, gamm
     return w / w.sum()
 
 
+def device_weight(scalars: dict[str, Any], spec: dict[str, Any]) -> float:
+    """A client's own aggregation weight under DP, from ITS scalars only (computed on the client's host).
+
+    ``omega = min(n, cap) / cap`` (1 when ``example_cap`` is 0: every client counts the same, as in DP-FedAvg), times
+    for ISFA ``exp(gamma (s - 1))`` with the score ``s = alpha IDSim + (1 - alpha) TempStab`` clamped to [0, 1]. So
+    ``omega`` lies in [0, 1] by construction (the DP layer clamps it again whatever a client reports), and the ratio of
+    two clients' ISFA weights is ``(n_i / n_j) exp(gamma (s_i - s_j))``, exactly as in normalised ISFA. What changes is
+    the normalisation: the server divides the sum by the fixed expected cohort ``m`` instead of by the round's total
+    weight, so a round of low-scoring clients moves the model less instead of being rescaled to a full step.
+    """
+    cap = float(spec.get("example_cap", 0))
+    n = float(scalars.get("num_examples", 0))
+    w = 1.0 if cap <= 0 else min(max(n, 0.0), cap) / cap
+    if spec.get("kind") == "isfa":
+        s = spec["alpha"] * float(scalars["id_sim"]) + (1 - spec["alpha"]) * float(scalars["temp_stab"])
+        w *= float(np.exp(spec["gamma"] * (min(max(s, 0.0), 1.0) - 1.0)))
+    return w
+
+
 class Strategy:
-    """Base: FedAvg weighting, no client-side extras. Subclasses override :meth:`weights` or :meth:`client_config`."""
+    """Base: FedAvg weighting, no client-side extras. Subclasses override :meth:`weights` or :meth:`client_config`.
+
+    Without DP the server normalises :meth:`weights` over the round's successful clients. Under client-level DP a
+    client's weight may not depend on any other client's report, so the strategy instead names an on-device rule
+    (:meth:`device_weight_spec`, evaluated by :func:`device_weight` on the client's host)."""
 
     name = "base"
 
@@ -76,6 +99,9 @@ class Strategy:
     def scores(self, reports: Sequence[dict[str, Any]]) -> np.ndarray:
         """The per-client score recorded in ``clients.parquet`` (ISFA's s_k; NaN for strategies without one)."""
         return np.full(len(reports), np.nan)
+
+    def device_weight_spec(self, example_cap: int) -> dict[str, Any]:
+        return {"kind": "fedavg", "example_cap": int(example_cap)}
 
 
 class FedAvg(Strategy):
@@ -105,6 +131,10 @@ class ISFA(Strategy):
 
     def weights(self, reports: Sequence[dict[str, Any]]) -> np.ndarray:
         return isfa_weights([r["num_examples"] for r in reports], self.scores(reports), gamma=self.cfg.isfa_gamma)
+
+    def device_weight_spec(self, example_cap: int) -> dict[str, Any]:
+        return {"kind": "isfa", "example_cap": int(example_cap), "alpha": self.cfg.isfa_alpha,
+                "gamma": self.cfg.isfa_gamma}
 
 
 STRATEGIES: dict[str, type[Strategy]] = {"fedavg": FedAvg, "fedprox": FedProx, "isfa": ISFA}

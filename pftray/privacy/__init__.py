@@ -11,15 +11,8 @@ from pftray.privacy.accounting import (
     compute_epsilon,
 )
 from pftray.privacy.audit_stats import one_run_epsilon_lower_bound, one_run_p_value, roc_auc, tpr_at_fpr
-from pftray.privacy.dp import (
-    AdaptiveClipping,
-    DPSpec,
-    central_noise,
-    clip_update,
-    distributed_noise_share,
-    effective_noise_multiplier,
-    split_noise_multiplier,
-)
+from pftray.privacy.dp import AdaptiveClipping, central_noise, clip_update, split_noise_multiplier
+from pftray.privacy.layer import DPLayer, DistributedNoisePlan, bounded_weight, secure_generator, skellam_noise
 from pftray.privacy.secagg import (
     SecAggAbort,
     SecAggClient,
@@ -35,7 +28,8 @@ from pftray.privacy.secagg import (
 __all__ = [
     "SUPPORTED_KINDS",
     "AdaptiveClipping",
-    "DPSpec",
+    "DPLayer",
+    "DistributedNoisePlan",
     "PrivacyEvent",
     "PrivacyLedger",
     "SecAggAbort",
@@ -46,16 +40,17 @@ __all__ = [
     "SecAggResult",
     "SecAggServer",
     "benchmark_secagg",
+    "bounded_weight",
     "calibrate_noise",
     "central_noise",
     "clip_update",
     "compute_epsilon",
-    "distributed_noise_share",
-    "effective_noise_multiplier",
     "one_run_epsilon_lower_bound",
     "one_run_p_value",
     "roc_auc",
     "run_secagg",
+    "secure_generator",
+    "skellam_noise",
     "split_noise_multiplier",
     "tpr_at_fpr",
 ]

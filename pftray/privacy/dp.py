@@ -6,31 +6,18 @@ of sampled clients) and adds ``N(0, (z C / m)^2)`` per coordinate, which is the 
 with noise multiplier ``z`` on the sum. Adaptive clipping follows Andrew et al. 2021 ("Differentially
 Private Learning with Adaptive Clipping", Alg. 1 and Thm. 1).
 
-Distributed noise: with secure aggregation the server never sees an individual update, so each of ``n``
-sampled clients adds ``N(0, (z C)^2 / n)`` itself and the sum carries ``N(0, (z C)^2)``. **Dropout caveat:**
-if only ``s < n`` clients survive, the sum carries variance ``s/n (z C)^2`` only, i.e. the effective noise
-multiplier is ``z sqrt(s / n)`` (:func:`effective_noise_multiplier`); account with that value.
+The round-level layer that puts these together (bounded weights, Poisson sampling, secret noise, distributed
+Skellam noise under secure aggregation, accounting) is :mod:`pftray.privacy.layer`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-__all__ = [
-    "AdaptiveClipping",
-    "DPSpec",
-    "central_noise",
-    "clip_update",
-    "distributed_noise_share",
-    "effective_noise_multiplier",
-    "split_noise_multiplier",
-]
-
-Placement = Literal["central", "distributed"]
+__all__ = ["AdaptiveClipping", "central_noise", "clip_update", "split_noise_multiplier"]
 
 
 def clip_update(delta: np.ndarray, clipping_norm: float) -> tuple[np.ndarray, float, bool]:
@@ -71,16 +58,6 @@ def split_noise_multiplier(*, noise_multiplier: float, clipped_count_stddev: flo
     return (z**-2 - (2 * sb) ** -2) ** -0.5
 
 
-def effective_noise_multiplier(*, noise_multiplier: float, num_clients: int, num_survivors: int) -> float:
-    """Noise multiplier of the sum when ``num_survivors`` of ``num_clients`` added distributed noise shares.
-
-    Each share has variance ``(z C)^2 / n``; ``s`` of them give ``s/n (z C)^2``, so ``z_eff = z sqrt(s/n)``.
-    """
-    if num_clients < 1 or not 0 <= num_survivors <= num_clients:
-        raise ValueError(f"need 0 <= num_survivors <= num_clients, got {num_survivors}, {num_clients}")
-    return noise_multiplier * math.sqrt(num_survivors / num_clients)
-
-
 def central_noise(
     shape: tuple[int, ...] | int,
     *,
@@ -96,21 +73,6 @@ def central_noise(
     return rng.normal(0.0, noise_multiplier * clipping_norm / denominator, size=shape)
 
 
-def distributed_noise_share(
-    shape: tuple[int, ...] | int,
-    *,
-    noise_multiplier: float,
-    clipping_norm: float,
-    num_clients: int,
-    rng: np.random.Generator,
-) -> np.ndarray:
-    """One client's share ``N(0, (z C)^2 / n)`` of the sum-scale noise (see the dropout caveat above)."""
-    _check_noise_args(noise_multiplier, clipping_norm)
-    if not isinstance(num_clients, int) or num_clients < 1:
-        raise ValueError(f"num_clients must be a positive int, got {num_clients!r}")
-    return rng.normal(0.0, noise_multiplier * clipping_norm / math.sqrt(num_clients), size=shape)
-
-
 def _check_noise_args(noise_multiplier: float, clipping_norm: float) -> None:
     if not (math.isfinite(noise_multiplier) and noise_multiplier >= 0):
         raise ValueError(f"noise_multiplier must be finite and >= 0, got {noise_multiplier!r}")
@@ -119,23 +81,28 @@ def _check_noise_args(noise_multiplier: float, clipping_norm: float) -> None:
 
 
 class AdaptiveClipping:
-    """Geometric quantile tracking of the clipping norm (Andrew et al. 2021, Alg. 1).
+    """Geometric quantile tracking of the clipping norm (Andrew et al. 2021, Alg. 1), on the CENTRED count.
 
-    Each round, with ``b_i = 1[||Delta_i|| <= C]`` (the update was NOT clipped) over ``m`` clients::
+    Each round, with ``b_i = 1[||Delta_i|| <= C]`` (the update was NOT clipped) over the ``n`` participants and the
+    fixed denominator ``m`` (the expected cohort)::
 
-        b_tilde = (sum_i b_i + N(0, sigma_b^2)) / m
+        b_tilde = (sum_i (b_i - 1/2) + N(0, sigma_b^2)) / m + 1/2
         C <- C * exp(-eta_C * (b_tilde - gamma))
 
-    If more than a fraction ``gamma`` of the updates fit under ``C`` the bound shrinks, otherwise it grows,
-    so ``C`` tracks the ``gamma``-quantile of the update norms. (Counting the *clipped* fraction with this
-    sign, as Flower 1.42 does, moves ``C`` away from the quantile.)
+    The released quantity is the centred count ``sum_i (b_i - 1/2)``: adding or removing one participant moves it by
+    exactly 1/2, which is the sensitivity behind the noise split of :func:`split_noise_multiplier`. (Releasing the
+    plain count ``sum_i b_i``, whose sensitivity is 1, with that split overstates the noise.) If more than a fraction
+    ``gamma`` of the updates fit under ``C`` the bound shrinks, otherwise it grows, so ``C`` tracks the
+    ``gamma``-quantile of the update norms. (Counting the *clipped* fraction with this sign, as Flower 1.42 does,
+    moves ``C`` away from the quantile.)
 
     Args:
         initial_clipping_norm: ``C_0 > 0``.
         target_quantile: ``gamma`` in (0, 1).
         clip_lr: ``eta_C > 0``.
-        clipped_count_stddev: ``sigma_b >= 0`` (noise on the count; 0 = not private).
-        rng: generator of the count noise.
+        clipped_count_stddev: ``sigma_b >= 0`` (noise on the centred count; 0 = not private).
+        rng: generator of the count noise. Default: keyed from the OS's CSPRNG, never stored (pass one only in
+            tests that need a fixed draw).
     """
 
     def __init__(
@@ -159,21 +126,35 @@ class AdaptiveClipping:
         self.target_quantile = float(target_quantile)
         self.clip_lr = float(clip_lr)
         self.clipped_count_stddev = float(clipped_count_stddev)
-        self.rng = rng if rng is not None else np.random.default_rng()
+        self._rng = rng
 
-    def update(self, *, unclipped_count: float, num_updates: float) -> float:
-        """Apply one step from ``sum_i b_i`` (e.g. obtained by secure aggregation) over ``m`` updates.
+    def noised_centred_count(self, centred_count: float) -> float:
+        """``sum_i (b_i - 1/2) + N(0, sigma_b^2)``: the value this mechanism releases."""
+        if self.clipped_count_stddev == 0:
+            return float(centred_count)
+        from pftray.privacy.layer import secure_generator
 
-        ``num_updates`` is the fixed denominator ``m``. Returns the new clipping norm.
-        """
+        rng = self._rng if self._rng is not None else secure_generator()
+        return float(centred_count + rng.normal(0.0, self.clipped_count_stddev))
+
+    def step(self, *, noised_centred_count: float, num_updates: float) -> float:
+        """Apply one step from an already-noised centred count over the fixed denominator ``m``."""
         if not num_updates > 0:
             raise ValueError(f"num_updates must be > 0, got {num_updates!r}")
-        if not 0 <= unclipped_count <= num_updates:
-            raise ValueError(f"unclipped_count must be in [0, {num_updates}], got {unclipped_count!r}")
-        noise = self.rng.normal(0.0, self.clipped_count_stddev) if self.clipped_count_stddev > 0 else 0.0
-        b_tilde = (unclipped_count + noise) / num_updates
+        b_tilde = noised_centred_count / num_updates + 0.5
         self.clipping_norm *= math.exp(-self.clip_lr * (b_tilde - self.target_quantile))
         return self.clipping_norm
+
+    def update(self, *, unclipped_count: float, num_updates: float, num_participants: float | None = None) -> float:
+        """One step from ``sum_i b_i`` over ``num_participants`` clients (default ``m``) and the denominator ``m``.
+
+        Returns the new clipping norm. Without noise and with ``n = m`` this is ``b_tilde = sum_i b_i / m``.
+        """
+        n = num_updates if num_participants is None else num_participants
+        if not 0 <= unclipped_count <= n:
+            raise ValueError(f"unclipped_count must be in [0, {n}], got {unclipped_count!r}")
+        noised = self.noised_centred_count(unclipped_count - n / 2)
+        return self.step(noised_centred_count=noised, num_updates=num_updates)
 
     def update_from_norms(self, norms: np.ndarray, *, num_updates: float | None = None) -> float:
         """Convenience: count ``norm <= C`` over ``norms`` and call :meth:`update`."""
@@ -181,16 +162,16 @@ class AdaptiveClipping:
         if norms.ndim != 1 or not np.all(np.isfinite(norms)):
             raise ValueError("norms must be a finite 1-D array")
         count = float(np.sum(norms <= self.clipping_norm))
-        return self.update(unclipped_count=count, num_updates=num_updates or len(norms))
+        return self.update(unclipped_count=count, num_updates=num_updates or len(norms), num_participants=len(norms))
 
     def state_dict(self) -> dict[str, Any]:
-        """JSON-serialisable state (the rng state included, so a resumed run draws the same noise)."""
+        """JSON-serialisable state. The noise generator is deliberately not part of it: a resumed run draws fresh
+        noise (old noise is never needed again)."""
         return {
             "clipping_norm": self.clipping_norm,
             "target_quantile": self.target_quantile,
             "clip_lr": self.clip_lr,
             "clipped_count_stddev": self.clipped_count_stddev,
-            "rng_state": self.rng.bit_generator.state,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -201,61 +182,3 @@ class AdaptiveClipping:
         self.target_quantile = float(state["target_quantile"])
         self.clip_lr = float(state["clip_lr"])
         self.clipped_count_stddev = float(state["clipped_count_stddev"])
-        if "rng_state" in state:
-            self.rng.bit_generator.state = state["rng_state"]
-
-
-@dataclass(frozen=True)
-class DPSpec:
-    """Client-level DP configuration of a federated run.
-
-    Attributes:
-        noise_multiplier: ``z`` of the Gaussian mechanism on the sum (0 disables noise, not clipping).
-        clipping_norm: ``C`` (initial ``C_0`` when adaptive).
-        adaptive: track a quantile of the update norms (Andrew et al. 2021).
-        target_quantile: ``gamma``; 0.5 is the paper's default.
-        clip_lr: ``eta_C``; 0.2 is the paper's default.
-        clipped_count_stddev: ``sigma_b``; the paper uses ``m / 20``.
-        placement: ``"central"`` (server adds noise) or ``"distributed"`` (clients add shares under SecAgg).
-        denominator: fixed denominator ``m`` of the average (expected clients per round).
-    """
-
-    noise_multiplier: float
-    clipping_norm: float
-    adaptive: bool = False
-    target_quantile: float = 0.5
-    clip_lr: float = 0.2
-    clipped_count_stddev: float = 0.0
-    placement: Placement = "central"
-    denominator: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0):
-            raise ValueError(f"noise_multiplier must be finite and >= 0, got {self.noise_multiplier!r}")
-        if not (math.isfinite(self.clipping_norm) and self.clipping_norm > 0):
-            raise ValueError(f"clipping_norm must be finite and > 0, got {self.clipping_norm!r}")
-        if not isinstance(self.adaptive, bool):
-            raise ValueError(f"adaptive must be a bool, got {self.adaptive!r}")
-        if not 0 < self.target_quantile < 1:
-            raise ValueError(f"target_quantile must be in (0, 1), got {self.target_quantile!r}")
-        if not (math.isfinite(self.clip_lr) and self.clip_lr > 0):
-            raise ValueError(f"clip_lr must be finite and > 0, got {self.clip_lr!r}")
-        if not (math.isfinite(self.clipped_count_stddev) and self.clipped_count_stddev >= 0):
-            raise ValueError(
-                f"clipped_count_stddev must be finite and >= 0, got {self.clipped_count_stddev!r}"
-            )
-        if self.placement not in ("central", "distributed"):
-            raise ValueError(f"placement must be 'central' or 'distributed', got {self.placement!r}")
-        if not (math.isfinite(self.denominator) and self.denominator > 0):
-            raise ValueError(f"denominator must be finite and > 0, got {self.denominator!r}")
-        if self.adaptive and self.noise_multiplier > 0:
-            self.update_noise_multiplier  # noqa: B018 - validates 2 sigma_b > z
-
-    @property
-    def update_noise_multiplier(self) -> float:
-        """Multiplier applied to the update sum: ``z_Delta`` when adaptive (noise budget split), else ``z``."""
-        if not self.adaptive:
-            return self.noise_multiplier
-        return split_noise_multiplier(
-            noise_multiplier=self.noise_multiplier, clipped_count_stddev=self.clipped_count_stddev
-        )

@@ -219,11 +219,9 @@ class RayPool:
             self._replace_late(key)
         return reports
 
-    def contribute(self, scales: dict[int, float], *, clipping_norm: float, noise_std: float,
-                   seed: int) -> tuple[np.ndarray, dict[int, dict[str, Any]]]:
+    def contribute(self, scales: dict[int, float | None], **kw: Any) -> tuple[np.ndarray, dict[int, dict[str, Any]]]:
         groups = self._groups(scales)
-        calls = {k: self.workers[k].contribute.remote({c: scales[c] for c in g}, clipping_norm=clipping_norm,
-                                                      noise_std=noise_std, seed=seed) for k, g in groups.items()}
+        calls = {k: self.workers[k].contribute.remote({c: scales[c] for c in g}, **kw) for k, g in groups.items()}
         res = self._gather(calls)
         missing = [c for k, g in groups.items() if k not in res for c in g]
         if missing:
