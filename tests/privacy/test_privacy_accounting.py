@@ -113,3 +113,114 @@ def test_ledger_edge_cases_and_validation() -> None:
         compute_epsilon(noise_multiplier=1.0, sample_rate=0.1, rounds=1, delta=0.0)
     with pytest.raises(ValueError, match="events"):
         PrivacyLedger().load_state_dict({})
+
+
+# ------------------------------------------------------------------------------ compression, cache, predict
+def _opacus_uncompressed(history: list[tuple[float, float, int]], accountant: str) -> float:
+    """Opacus on the raw history, one entry per recorded event (no merging)."""
+    import warnings
+
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
+    acc = RDPAccountant() if accountant == "rdp" else PRVAccountant()
+    acc.history = list(history)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return float(acc.get_epsilon(delta=DELTA))
+
+
+def _rounds(zs: list[float], qs: list[float], n: int) -> list[PrivacyEvent]:
+    return [PrivacyEvent(noise_multiplier=zs[i % len(zs)], sample_rate=qs[i % len(qs)], steps=1) for i in range(n)]
+
+
+@pytest.mark.parametrize(("accountant", "rtol"), [("rdp", 1e-6), ("prv", 1e-3)])
+def test_compressed_history_equals_uncompressed(accountant: str, rtol: float) -> None:
+    events = _rounds([0.9, 1.2, 1.5], [0.05, 0.1], 12)
+    ledger = PrivacyLedger()
+    for e in events:
+        ledger.record(e)
+    compressed = ledger.compressed()
+    assert len(compressed) == 6 and sum(e.steps for e in compressed) == 12
+    expected = _opacus_uncompressed([(e.noise_multiplier, e.sample_rate, 1) for e in events], accountant)
+    assert ledger.epsilon(DELTA, accountant=accountant) == pytest.approx(expected, rel=rtol)
+    reversed_ledger = PrivacyLedger()
+    for e in reversed(events):
+        reversed_ledger.record(e)
+    assert reversed_ledger.epsilon(DELTA, accountant=accountant) == ledger.epsilon(DELTA, accountant=accountant)
+
+
+def test_prv_epsilon_of_1000_rounds_is_fast() -> None:
+    import time
+
+    # multipliers used nowhere else, so the first call really computes
+    ledger = PrivacyLedger()
+    for e in _rounds([0.9137, 1.0137, 1.1137, 1.2137, 1.3137], [0.01], 1000):
+        ledger.record(e)
+    t0 = time.perf_counter()
+    first = ledger.epsilon(DELTA, accountant="prv")
+    t1 = time.perf_counter()
+    for _ in range(5):
+        assert ledger.epsilon(DELTA, accountant="prv") == first
+    t2 = time.perf_counter()
+    assert t1 - t0 < 2.0  # measured ~0.5 s (was ~12 s for a 100-round ledger without compression)
+    assert (t2 - t1) / 5 < 0.1  # a cache hit: measured < 1 ms
+    assert 0.7 * ledger.epsilon(DELTA) < first < ledger.epsilon(DELTA)
+
+
+def test_cache_tracks_history_delta_and_accountant() -> None:
+    ledger = PrivacyLedger()
+    ledger.record(PrivacyEvent(noise_multiplier=1.0, sample_rate=0.02, steps=100))
+    e1 = ledger.epsilon(DELTA)
+    assert ledger.epsilon(1e-6) > e1
+    assert ledger.epsilon(DELTA, accountant="prv") < e1
+    ledger.events.append(PrivacyEvent(noise_multiplier=1.0, sample_rate=0.02, steps=100))  # even a direct append
+    assert ledger.epsilon(DELTA) == pytest.approx(
+        compute_epsilon(noise_multiplier=1.0, sample_rate=0.02, rounds=200, delta=DELTA), rel=1e-12
+    )
+
+
+def test_predict_does_not_mutate() -> None:
+    ledger = PrivacyLedger()
+    ledger.record(PrivacyEvent(noise_multiplier=1.0, sample_rate=0.05, steps=10))
+    before = ledger.state_dict()
+    extra = [PrivacyEvent(noise_multiplier=0.8, sample_rate=0.05, steps=1)] * 3
+    for accountant in ("rdp", "prv"):
+        predicted = ledger.predict(extra, DELTA, accountant=accountant)
+        assert ledger.state_dict() == before
+        reference = _opacus_uncompressed([(1.0, 0.05, 10), (0.8, 0.05, 3)], accountant)
+        assert predicted == pytest.approx(reference, rel=1e-3 if accountant == "prv" else 1e-9)
+        assert predicted > ledger.epsilon(DELTA, accountant=accountant)
+    assert ledger.predict([], DELTA) == ledger.epsilon(DELTA)
+    with pytest.raises(ValueError, match="unsupported privacy event"):
+        ledger.predict([PrivacyEvent(noise_multiplier=1.0, sample_rate=0.1, steps=1, kind="laplace")], DELTA)
+    assert ledger.state_dict() == before
+
+
+# ------------------------------------------------------------------------------------------- sampling
+def test_only_poisson_sampling_is_accounted() -> None:
+    fixed = PrivacyEvent(noise_multiplier=1.0, sample_rate=0.1, steps=1, sampling="fixed-size")
+    ledger = PrivacyLedger()
+    assert PrivacyEvent(noise_multiplier=1.0, sample_rate=0.1, steps=1).sampling == "poisson"
+    assert not ledger.supports(fixed)
+    with pytest.raises(ValueError, match=r"fed\.sample_rate"):
+        ledger.record(fixed)
+    with pytest.raises(ValueError, match=r"fed\.sample_rate"):
+        ledger.predict([fixed], DELTA)
+    state = {"events": [{"noise_multiplier": 1.0, "sample_rate": 0.1, "steps": 1, "sampling": "fixed-size"}]}
+    with pytest.raises(ValueError, match=r"fed\.sample_rate"):
+        ledger.load_state_dict(state)
+    assert ledger.events == []
+    with pytest.raises(ValueError, match="sampling"):
+        PrivacyEvent(noise_multiplier=1.0, sample_rate=0.1, steps=1, sampling="")
+
+
+def test_old_format_state_loads() -> None:
+    ledger = PrivacyLedger()
+    ledger.load_state_dict({"events": [{"noise_multiplier": 1.1, "sample_rate": 0.05, "steps": 300,
+                                        "kind": "client-level"}]})
+    assert ledger.events[0].sampling == "poisson"
+    assert ledger.state_dict() == {"events": [{"noise_multiplier": 1.1, "sample_rate": 0.05, "steps": 300,
+                                               "kind": "client-level"}]}
+    assert ledger.epsilon(DELTA) == pytest.approx(
+        compute_epsilon(noise_multiplier=1.1, sample_rate=0.05, rounds=300, delta=DELTA), rel=1e-12
+    )
