@@ -1,7 +1,8 @@
 """``pftray`` command line.
 
-Exit codes: 0 done; 2 bad config or input (the message names the key or file; no traceback); 1 runtime failure
-(the message says what failed and where the partial results are).
+Exit codes (:mod:`pftray.errors`): 0 done; 2 bad config or input, including a bad flag (the message names the
+key, flag or file); 1 runtime failure (the message says what failed and where the partial results are); 130
+interrupted. Every error is one line on stderr, never a traceback (``PFTRAY_DEBUG=1`` re-raises it).
 """
 
 from __future__ import annotations
@@ -14,11 +15,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pftray.config import ConfigError, explain, load_config
+from pftray.config import explain, load_config
+from pftray.errors import EXIT_INPUT, EXIT_INTERRUPTED, ConfigError, InputError, error_line, exit_code
+
+__all__ = ["ArgParser", "ConfigError", "InputError", "build_parser", "dispatch", "main"]
 
 
-class InputError(Exception):
-    """Bad input from the user (a file, a path, a flag): exit code 2."""
+class ArgParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line naming the flag (exit 2), like every input error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_INPUT, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def _load(args) -> Any:
@@ -107,9 +114,26 @@ def cmd_data_prepare(args) -> int:
     return 0
 
 
+def _check_privacy_args(args) -> None:
+    """Name the flag of a bad accounting input (the accountant itself only names its own parameters)."""
+    checks = [("--sample-rate", args.sample_rate, 0 < args.sample_rate <= 1, "must lie in (0, 1]"),
+              ("--rounds", args.rounds, args.rounds >= 1, "must be >= 1"),
+              ("--delta", args.delta, 0 < args.delta < 1, "must lie in (0, 1)")]
+    if args.what == "epsilon":
+        z = args.noise_multiplier
+        checks.insert(0, ("--noise-multiplier", z, math.isfinite(z) and z >= 0, "must be finite and >= 0"))
+    else:
+        e = args.target_epsilon
+        checks.insert(0, ("--target-epsilon", e, math.isfinite(e) and e > 0, "must be finite and > 0"))
+    for flag, value, ok, rule in checks:
+        if not ok:  # NaN fails every comparison, so it lands here too
+            raise InputError(f"{flag} {value}: {rule}")
+
+
 def cmd_privacy(args) -> int:
     from pftray.privacy.accounting import calibrate_noise, compute_epsilon
 
+    _check_privacy_args(args)
     if args.what == "epsilon":
         eps = compute_epsilon(noise_multiplier=args.noise_multiplier, sample_rate=args.sample_rate,
                               rounds=args.rounds, delta=args.delta, accountant=args.accountant)
@@ -174,7 +198,7 @@ def _jsonable(obj: Any) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="pftray", description="Privacy-aware federated talking-head training on Ray")
+    ap = ArgParser(prog="pftray", description="Privacy-aware federated talking-head training on Ray")
     sub = ap.add_subparsers(dest="command", required=True)
 
     def with_config(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -239,32 +263,31 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from pftray.data.types import DataError
+def dispatch(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the chosen command; every error becomes one line on stderr and its exit code."""
+    import os
 
+    args = parser.parse_args(argv)
+    command = getattr(args, "command", "")
     try:
         return int(args.fn(args) or 0)
-    except (ConfigError, InputError, DataError, FileNotFoundError, FileExistsError) as exc:
-        print(f"pftray: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("pftray: interrupted; the run directory keeps everything up to the last checkpoint "
               "(resume with `pftray run --resume DIR`)", file=sys.stderr)
-        return 130
-    except Exception as exc:  # noqa: BLE001 - the CLI's contract: one clear line, exit 1
-        from pftray.runtime.pool import TierError
-
-        if isinstance(exc, TierError):
-            print(f"pftray: error: {exc}", file=sys.stderr)
-            return 2
-        where = ""
-        if getattr(args, "command", "") == "run":
-            where = " Partial results (tables, checkpoints) are in the run directory; resume with --resume DIR."
-        print(f"pftray: {args.command} failed: {type(exc).__name__}: {exc}.{where}", file=sys.stderr)
-        if "PFTRAY_DEBUG" in __import__("os").environ:
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - the CLI's contract: one clear line, exit 2 or 1
+        code = exit_code(exc)
+        line = error_line(exc, command)
+        if code != EXIT_INPUT and command == "run":
+            line += ("" if line.endswith(".") else ".") + " Partial results (tables, checkpoints) are in the run directory; resume with --resume DIR."
+        print(line, file=sys.stderr)
+        if "PFTRAY_DEBUG" in os.environ:
             raise
-        return 1
+        return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    return dispatch(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -845,15 +845,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``sweeps/run_sweep.py``: same arguments as ``pftray sweep``, same exit codes."""
+    """Entry point of ``sweeps/run_sweep.py``: same arguments as ``pftray sweep``, same exit codes and one-line
+    errors (:func:`pftray.cli.dispatch`)."""
     import sys
 
-    ap = argparse.ArgumentParser(prog="run_sweep.py", description="pftray sweep (Ray Tune + Optuna)")
+    from pftray.cli import ArgParser, dispatch
+
+    ap = ArgParser(prog="run_sweep.py", description="pftray sweep (Ray Tune + Optuna)")
     sub = ap.add_subparsers(dest="command", required=True)
     add_sweep_parser(sub)
-    args = ap.parse_args(["sweep", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return cmd_sweep(args)
-    except (ConfigError, FileNotFoundError, FileExistsError) as exc:
-        print(f"pftray: error: {exc}", file=sys.stderr)
-        return 2
+    return dispatch(ap, ["sweep", *(sys.argv[1:] if argv is None else argv)])

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pftray.errors import InputError
 from pftray.evaluation.stats import paired_tests, t_interval
 
 DEFAULT_METRICS = ("psnr", "ssim", "mouth_psnr", "lip_sync", "jitter", "lpips", "id_sim_synth")
@@ -200,8 +201,6 @@ def compare(
 
 
 def cmd_compare(args) -> int:
-    from pftray.cli import InputError
-
     metrics = args.metric or list(DEFAULT_METRICS)
     for d in args.dirs:
         if not Path(d).is_dir():

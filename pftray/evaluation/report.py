@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pftray.errors import InputError
 from pftray.results import atomic_write_text
 
 REPORT_SUBDIR = "report"
@@ -392,8 +393,6 @@ def make_report(path: str | Path) -> Path:
 
 
 def cmd_report(args) -> int:
-    from pftray.cli import InputError
-
     d = Path(args.path)
     if not d.is_dir() or not ((d / "config.yaml").exists() or is_sweep_dir(d)):
         raise InputError(f"{d}: not a pftray run directory (config.yaml) or sweep directory (trials.parquet)")

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pftray.errors import InputError
 from pftray.metrics.base import Missing, is_missing
 
 MODELS = ("personalised", "backbone", "copy")
@@ -396,8 +397,6 @@ def write_across_rounds(path: Path, per_round: dict[int, ClipSample], *, scale: 
 
 
 def cmd_eval(args) -> int:
-    from pftray.cli import InputError
-
     run = Path(args.run_dir)
     if not (run / "config.yaml").exists():
         raise InputError(f"{run}: not a pftray run directory (no config.yaml)")
