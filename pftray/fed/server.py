@@ -167,7 +167,10 @@ class FederatedServer:
         row: dict[str, Any] = {"server_round": r, "n_sampled": len(ids), "n_ok": len(ok),
                                "n_failed": len(ids) - len(ok), "bytes_down": len(ids) * d * 4}
         weights = np.zeros(0)
-        if len(ok) < cfg.fed.min_clients:
+        # central DP releases every round, noise included, however few clients succeeded: skipping a round because
+        # too few took part would itself reveal a data-dependent count that no noise covers
+        always_release = self.dp is not None and self.dp.placement == "central"
+        if len(ok) < cfg.fed.min_clients and not always_release:
             row["status"] = "failed"
             row["message"] = f"{len(ok)} successful clients < fed.min_clients {cfg.fed.min_clients}"
             row["bytes_up"] = 0
@@ -228,7 +231,8 @@ class FederatedServer:
         if p.secagg:
             return self._secagg(r, ok, C)
         if dp is not None:  # central DP, trusted driver: on-device bounded weights, fixed denominator m
-            total, info = self.pool.contribute({rep["client_id"]: None for rep in ok}, clipping_norm=C)
+            total, info = (self.pool.contribute({rep["client_id"]: None for rep in ok}, clipping_norm=C) if ok
+                           else (np.zeros(d), {}))
             self._note_clipping(ok, info)
             centred = float(sum((not v["clipped"]) - 0.5 for v in info.values()))
             noised = total + dp.central_noise(d)

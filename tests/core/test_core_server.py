@@ -98,7 +98,7 @@ def test_absurd_norm_rejected_and_min_clients_fails_round_but_run_goes_on(tmp_pa
 
 @pytest.mark.parametrize("placement", ["central", "distributed"])
 def test_secagg_with_dp_gives_finite_epsilon_and_privacy_json(tmp_path, placement):
-    cfg = tiny_config(**{"fed.rounds": 2, "fed.clients_per_round": 3, "privacy.secagg": True,
+    cfg = tiny_config(**{"fed.rounds": 2, "fed.sample_rate": 1.0, "privacy.secagg": True,
                          "privacy.noise_multiplier": 1.0, "privacy.clipping_norm": 0.05,
                          "privacy.adaptive_clipping": True, "privacy.clipped_count_stddev": 1.0,
                          "privacy.noise_placement": placement})
@@ -126,18 +126,20 @@ def test_secagg_sum_matches_plain_aggregation(tmp_path):
 
 
 def test_target_epsilon_refuses_to_start_or_stops(tmp_path):
-    cfg = tiny_config(**{"fed.rounds": 50, "privacy.noise_multiplier": 0.5, "privacy.clipping_norm": 0.1,
-                         "privacy.target_epsilon": 0.01})
+    cfg = tiny_config(**{"fed.rounds": 50, "fed.sample_rate": 0.5, "privacy.noise_multiplier": 0.5,
+                         "privacy.clipping_norm": 0.1, "privacy.target_epsilon": 0.01})
     with pytest.raises(RunError, match="target_epsilon"):
         _server(cfg, tmp_path / "a").run_rounds()
     from pftray.privacy.accounting import compute_epsilon
 
     eps3 = compute_epsilon(noise_multiplier=2.0, sample_rate=0.5, rounds=3, delta=1e-5)
     eps4 = compute_epsilon(noise_multiplier=2.0, sample_rate=0.5, rounds=4, delta=1e-5)
-    cfg = tiny_config(**{"fed.rounds": 50, "privacy.noise_multiplier": 2.0, "privacy.clipping_norm": 0.1,
-                         "privacy.target_epsilon": (eps3 + eps4) / 2})
-    out = _server(cfg, tmp_path / "b").run_rounds()
-    assert out["status"] == "budget_exhausted" and out["rounds"] == 3
+    cfg = tiny_config(**{"fed.rounds": 50, "fed.sample_rate": 0.5, "privacy.noise_multiplier": 2.0,
+                         "privacy.clipping_norm": 0.1, "privacy.target_epsilon": (eps3 + eps4) / 2})
+    server = _server(cfg, tmp_path / "b")
+    out = server.run_rounds()
+    # central DP releases (and accounts) every round, even one that sampled nobody
+    assert out["status"] == "budget_exhausted" and out["rounds"] == 3 and len(server.ledger.events) == 3
     assert out["epsilon"] == pytest.approx(eps3) and out["epsilon"] <= cfg.privacy.target_epsilon
     assert math.isfinite(out["epsilon"])
 

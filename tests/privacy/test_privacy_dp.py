@@ -1,8 +1,7 @@
-"""Client-level DP: clipping, adaptive clipping direction and convergence, noise scales, DPSpec."""
+"""Client-level DP: clipping, adaptive clipping direction and convergence, noise scales, the DP layer's pieces."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 
@@ -14,11 +13,12 @@ from hypothesis.extra.numpy import arrays
 
 from pftray.privacy import (
     AdaptiveClipping,
-    DPSpec,
+    DPLayer,
+    bounded_weight,
     central_noise,
     clip_update,
-    distributed_noise_share,
-    effective_noise_multiplier,
+    secure_generator,
+    skellam_noise,
     split_noise_multiplier,
 )
 
@@ -89,9 +89,11 @@ def test_adaptive_clipping_state_round_trip() -> None:
     )
     ac.update(unclipped_count=4, num_updates=10)
     state = json.loads(json.dumps(ac.state_dict()))
-    other = AdaptiveClipping(1.0)
+    other = AdaptiveClipping(1.0, rng=np.random.default_rng(3))
     other.load_state_dict(state)
     assert other.clipping_norm == ac.clipping_norm and other.target_quantile == 0.6
+    ac._rng = np.random.default_rng(5)  # a test-injected draw, so both apply the same noise
+    other._rng = np.random.default_rng(5)
     assert other.update(unclipped_count=7, num_updates=10) == ac.update(unclipped_count=7, num_updates=10)
     with pytest.raises(ValueError, match="unclipped_count"):
         ac.update(unclipped_count=11, num_updates=10)
@@ -112,37 +114,39 @@ def test_noise_scales() -> None:
     rng = np.random.default_rng(0)
     x = central_noise(200_000, noise_multiplier=1.2, clipping_norm=0.5, denominator=10, rng=rng)
     assert x.std() == pytest.approx(1.2 * 0.5 / 10, rel=0.01)
-    n = 25
-    shares = sum(
-        distributed_noise_share(40_000, noise_multiplier=1.2, clipping_norm=0.5, num_clients=n, rng=rng)
-        for _ in range(n)
-    )
-    assert shares.std() == pytest.approx(1.2 * 0.5, rel=0.02)
-    # only 16 of 25 survive: sum carries (16/25) of the variance
-    partial = sum(
-        distributed_noise_share(40_000, noise_multiplier=1.2, clipping_norm=0.5, num_clients=n, rng=rng)
-        for _ in range(16)
-    )
-    z_eff = effective_noise_multiplier(noise_multiplier=1.2, num_clients=n, num_survivors=16)
-    assert z_eff == pytest.approx(1.2 * 0.8)
-    assert partial.std() == pytest.approx(z_eff * 0.5, rel=0.02)
+    # Skellam shares: integer, variance 2 mu each, and the shares of survivors add up to Skellam(sum of mus)
+    share = skellam_noise(200_000, 50.0, rng)
+    assert share.dtype == np.int64 and share.var() == pytest.approx(100.0, rel=0.02)
+    total = sum(skellam_noise(40_000, 12.5, rng) for _ in range(16))
+    assert total.mean() == pytest.approx(0.0, abs=0.2) and total.var() == pytest.approx(2 * 16 * 12.5, rel=0.03)
+    assert not skellam_noise(10, 0.0, rng).any()
 
 
-def test_dp_spec_validation() -> None:
-    spec = DPSpec(noise_multiplier=1.0, clipping_norm=0.1, denominator=10)
-    assert spec.update_noise_multiplier == 1.0
-    adaptive = DPSpec(noise_multiplier=1.0, clipping_norm=0.1, adaptive=True, clipped_count_stddev=5.0)
+def test_bounded_weight_clamps_whatever_is_reported() -> None:
+    assert [bounded_weight(x) for x in (0.3, -2.0, 7.0, float("nan"), float("inf"), "junk", None)] == [
+        0.3, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_secure_generator_draws_differ_and_are_not_the_seeded_stream() -> None:
+    a, b = secure_generator().random(8), secure_generator().random(8)
+    assert not np.array_equal(a, b)
+    assert not np.array_equal(a, np.random.default_rng(0).random(8))
+
+
+def test_dp_layer_validation() -> None:
+    layer = DPLayer(noise_multiplier=1.0, clipping_norm=0.1, sample_rate=0.5, num_registered=20)
+    assert layer.update_noise_multiplier == 1.0 and layer.denominator == 10.0
+    adaptive = DPLayer(noise_multiplier=1.0, clipping_norm=0.1, sample_rate=0.5, num_registered=20, adaptive=True,
+                       clipped_count_stddev=5.0)
     assert adaptive.update_noise_multiplier > 1.0
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        spec.noise_multiplier = 2.0  # type: ignore[misc]
+    assert DPLayer.joint_noise_multiplier(adaptive.update_noise_multiplier, 5.0) == pytest.approx(1.0)
     for kwargs, key in [
         ({"noise_multiplier": -1.0}, "noise_multiplier"),
         ({"clipping_norm": 0.0}, "clipping_norm"),
-        ({"placement": "local"}, "placement"),
-        ({"target_quantile": 1.0}, "target_quantile"),
-        ({"denominator": 0}, "denominator"),
+        ({"placement": "local"}, "noise_placement"),
+        ({"sample_rate": 0.0}, "sample_rate"),
         ({"adaptive": True, "clipped_count_stddev": 0.1}, "clipped_count_stddev"),
     ]:
-        args = {"noise_multiplier": 1.0, "clipping_norm": 1.0, **kwargs}
+        args = {"noise_multiplier": 1.0, "clipping_norm": 1.0, "sample_rate": 0.5, "num_registered": 10, **kwargs}
         with pytest.raises(ValueError, match=key):
-            DPSpec(**args)
+            DPLayer(**args)

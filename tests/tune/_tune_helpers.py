@@ -45,6 +45,7 @@ TINY_BASE: dict[str, Any] = {
         "strategy": "isfa",
         "rounds": 1,
         "clients_per_round": 1,
+        "sample_rate": 0.5,  # Poisson sampling: what client-level DP is accounted for
         "eval_every": 0,
         "eval_clients": 1,
         "mu": 0.01,
