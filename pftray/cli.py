@@ -28,8 +28,9 @@ class ArgParser(argparse.ArgumentParser):
         self.exit(EXIT_INPUT, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-def _load(args) -> Any:
-    return load_config(args.config, args.set or [])
+def _load(args, *, check_paths: bool = True) -> Any:
+    """The config of CONFIG + --set; input paths absolute and (unless ``check_paths`` is off) existing."""
+    return load_config(args.config, args.set or [], check_paths=check_paths)
 
 
 def _fmt_eta(elapsed: float, done: int, total: int) -> str:
@@ -84,7 +85,7 @@ def cmd_pretrain(args) -> int:
 
     from pftray.model.pretrain import pretrain
 
-    cfg = _load(args)
+    cfg = _load(args, check_paths=False)  # model.backbone is what pretraining writes
     out = Path(args.out or cfg.model.backbone or "checkpoints/backbone.pt")
     bars: dict[str, Any] = {}
 

@@ -423,8 +423,59 @@ def apply_overrides(cfg: Config | Mapping[str, Any], overrides: Mapping[str, Any
     return config_from_dict(data)
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Load a YAML preset, apply ``--set`` overrides, validate. Errors name the file or the key."""
+#: config keys holding input paths, with what each must name. A relative value in a config file is resolved
+#: against the file's folder, then the repository root (:func:`path_roots`); a relative ``--set`` value against the
+#: working directory first. Missing inputs are a :class:`ConfigError` when the config loads.
+INPUT_PATH_KEYS: dict[str, str] = {"model.backbone": "file", "model.pretrained": "folder", "data.source": "folder",
+                                   "eval.id_encoder": "file"}
+#: the checkout this package runs from (only a root when it is one: an installed wheel has no pyproject.toml)
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def path_roots(*folders: str | Path | None) -> list[Path]:
+    """``folders`` (absolute, duplicates and Nones dropped), then the repository root when running from a checkout."""
+    roots: list[Path] = []
+    for f in (*folders, REPO_ROOT if (REPO_ROOT / "pyproject.toml").is_file() else None):
+        if f is not None and Path(f).resolve() not in roots:
+            roots.append(Path(f).resolve())
+    return roots
+
+
+def _input_path(key: str, value: str) -> bool:
+    return bool(value) and not (key == "data.source" and value == "synthetic")
+
+
+def resolve_input_paths(cfg: Config, roots: list[Path], *, check: bool = True,
+                        roots_for: Mapping[str, list[Path]] | None = None) -> Config:
+    """Make every input path of ``cfg`` absolute: the first of ``root / value`` that exists (``roots_for[key]``
+    replaces ``roots`` for a key). A path found nowhere is a :class:`ConfigError` naming the key, the value and
+    the places looked in; with ``check=False`` (e.g. ``pftray pretrain``, which writes ``model.backbone``) it
+    becomes the first candidate whose folder exists."""
+    fixes = {}
+    for key, kind in INPUT_PATH_KEYS.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if not _input_path(key, value):
+            continue
+        p = Path(value).expanduser()
+        tried = [p] if p.is_absolute() else [r / p for r in (roots_for or {}).get(key, roots)]
+        found = next((t for t in tried if (t.is_file() if kind == "file" else t.is_dir())), None)
+        if found is None:
+            if check:
+                raise ConfigError(f"{key}: {value!r}: no such {kind} (looked for {', '.join(map(str, tried))})")
+            found = next((t for t in tried if t.parent.is_dir()), tried[0])
+        if str(found.resolve()) != value:
+            fixes[key] = str(found.resolve())
+    return cfg.replace(**fixes) if fixes else cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None, *, check_paths: bool = True) -> Config:
+    """Load a YAML preset, apply ``--set`` overrides, validate. Errors name the file or the key.
+
+    Input paths (:data:`INPUT_PATH_KEYS`) come back absolute, so the config works from any working directory:
+    a relative path in the file is looked for in the file's folder, then the repository root; a relative path
+    given by an override in the working directory first. ``check_paths=False`` accepts paths that do not exist
+    yet (an output such as ``pftray pretrain``'s backbone)."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -437,7 +488,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     if data is not None and not isinstance(data, Mapping):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
     try:
-        return apply_overrides(data or {}, overrides or [])
+        cfg = apply_overrides(data or {}, overrides or [])
+        roots = path_roots(path.parent)
+        overridden = {_parse_override(o)[0] for o in overrides or []}
+        with_cwd = path_roots(Path.cwd(), path.parent)
+        return resolve_input_paths(cfg, roots, check=check_paths,
+                                   roots_for={k: with_cwd for k in INPUT_PATH_KEYS if k in overridden})
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 

@@ -49,7 +49,16 @@ from typing import Any
 
 import yaml
 
-from pftray.config import Config, ConfigError, TierConfig, apply_overrides, config_from_dict, load_config
+from pftray.config import (
+    Config,
+    ConfigError,
+    TierConfig,
+    apply_overrides,
+    config_from_dict,
+    load_config,
+    path_roots,
+    resolve_input_paths,
+)
 
 #: Metrics a sweep can optimise, with the direction that is better ("best/<metric>" in :mod:`pftray.analysis`).
 METRIC_MODES: dict[str, str] = {
@@ -328,7 +337,11 @@ def sweep_from_dict(data: Any, *, source: Path | None = None, cwd: Path | None =
     base = _resolve_base(d["base"], source)
     overrides = d.get("overrides") or {}
     base = _apply(base, overrides, "overrides")
-    base = _absolute_paths(base, cwd or Path.cwd())
+    # input paths of an inline base or of the overrides: the sweep file's folder, then the working directory, then
+    # the repository root (a preset's own paths are already absolute: load_config resolves them against its folder)
+    here = Path(cwd or Path.cwd())
+    base = resolve_input_paths(base, path_roots(source.parent if source is not None else None, here))
+    base = _absolute_paths(base, here)
     space_raw = d.get("space")
     if not isinstance(space_raw, Mapping) or not space_raw:
         raise ConfigError(f"space: expected a non-empty mapping of dotted config keys, got {space_raw!r}")

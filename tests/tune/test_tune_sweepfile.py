@@ -191,8 +191,13 @@ def test_base_preset_relative_to_sweep_file_and_paths_made_absolute(tmp_path: Pa
     (tmp_path / "configs" / "tiny.yaml").write_text(yaml.safe_dump(base))
     d = sweep_dict(base="configs/tiny.yaml")
     (tmp_path / "sweeps" / "s.yaml").write_text(yaml.safe_dump(d))
+    with pytest.raises(ConfigError, match=r"model\.backbone: 'checkpoints/bb\.pt': no such file"):
+        load_sweep_file(tmp_path / "sweeps" / "s.yaml")  # a missing backbone fails when the file is read
+    bb = tmp_path / "configs" / "checkpoints" / "bb.pt"  # relative to the preset's folder
+    bb.parent.mkdir()
+    bb.write_bytes(b"")
     spec = load_sweep_file(tmp_path / "sweeps" / "s.yaml")  # found via the sweep file's parent's parent
-    assert Path(spec.base["model"]["backbone"]).is_absolute()  # trials run in another working directory
+    assert spec.base["model"]["backbone"] == str(bb.resolve())  # absolute: trials run in another directory
     assert spec.base["data"]["source"] == "synthetic"
 
 
