@@ -71,6 +71,11 @@ def cmd_run(args) -> int:
         if args.config or args.set:
             raise InputError("--resume DIR takes the config of the run directory; drop CONFIG and --set")
         run, summary = run_federated(resume=args.resume, use_ray=not args.local, progress=RoundPrinter())
+        if summary.get("already_finished"):
+            why = ("privacy budget exhausted" if summary["status"] == "budget_exhausted"
+                   else f"all {summary['of_rounds']} rounds done")
+            print(f"run {run.path} is complete ({why}, {summary['rounds']}/{summary['of_rounds']} rounds); "
+                  "nothing to resume, nothing changed")
     else:
         if not args.config:
             raise InputError("pftray run needs CONFIG (or --resume DIR)")

@@ -150,11 +150,35 @@ def run_ray(cfg: Config, run: RunDir, *, progress: Callable[[dict[str, Any]], No
             return ray.get(ref)
 
 
+#: meta statuses of a run that has ended for good: resuming it would train nothing
+FINISHED_STATUSES = ("done", "budget_exhausted")
+
+
+def finished_summary(run: RunDir, cfg: Config) -> dict[str, Any] | None:
+    """The summary of a run that has nothing left to train (``done`` with every round completed, or its privacy
+    budget spent), read from its ``meta.json``; ``None`` for a run that can go on."""
+    meta = run.read_meta()
+    status, rounds = meta.get("status"), meta.get("rounds_completed")
+    if status not in FINISHED_STATUSES or not isinstance(rounds, int):
+        return None
+    if status == "done" and rounds < cfg.fed.rounds:
+        return None
+    wall = meta.get("wall_s")
+    return {"status": status, "rounds": rounds, "of_rounds": cfg.fed.rounds, "best_round": meta.get("best_round"),
+            "wall_s": wall if isinstance(wall, (int, float)) else float("nan"), "already_finished": True}
+
+
 def run_federated(cfg: Config | None = None, *, out: str | None = None, resume: str | None = None,
                   use_ray: bool = True, progress=None) -> tuple[RunDir, dict[str, Any]]:
+    """Run a new run (``cfg``, in ``out`` or a fresh directory) or resume the one in ``resume``. Resuming a run
+    that has finished (:func:`finished_summary`) changes nothing and starts nothing: the summary then has
+    ``already_finished: True``."""
     if resume:
         run = RunDir(resume)
         cfg = resume_config(run)
+        finished = finished_summary(run, cfg)
+        if finished is not None:
+            return run, finished
         run.update_meta(status="running", resumed=datetime.now().isoformat(timespec="seconds"))
     else:
         assert cfg is not None
