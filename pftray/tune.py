@@ -17,7 +17,10 @@ A **sweep file** (YAML) names a base config and a search space over any dotted c
     scheduler: {type: asha, metric: val_loss, mode: min, grace_period: 2, reduction_factor: 2}
     trial: {pool: ray, driver_cpus: 1}    # pool: ray (worker actors from runtime.tiers) | local (in-process)
     max_failures: 0                       # retries of a failing trial; a trial that still fails is recorded
-    smoke_test: {num_samples: 2, max_concurrent: 2, overrides: {fed.rounds: 1}}
+    smoke_test: {num_samples: 2, max_concurrent: 2, overrides: {fed.rounds: 1}, scheduler: {grace_period: 1}}
+
+The ASHA ``grace_period`` must not exceed ``fed.rounds`` (ASHA's ``max_t``), checked when the file is read for the
+sweep and for its smoke variant, whose ``smoke_test.scheduler`` overrides the scheduler's keys.
 
 Every trial is a plain function of its sampled config (:func:`sweep_trainable`): it builds the
 :class:`~pftray.config.Config`, prepares a run directory ``<trial dir>/run`` (the same run-directory contract as
@@ -219,13 +222,15 @@ class SweepSpec:
         }
 
     def smoke_test(self) -> SweepSpec:
-        """The ``--smoke-test`` variant: ``smoke_test`` overrides on the base, fewer samples, ``<name>-smoke``."""
+        """The ``--smoke-test`` variant: ``smoke_test`` overrides on the base and on the scheduler (e.g. a grace
+        period that fits its fewer rounds), fewer samples, ``<name>-smoke``."""
         sm = self.smoke
         base = self.base
         if sm.get("overrides"):
             base = _apply(config_from_dict(base), sm["overrides"], "smoke_test.overrides").to_dict()
         d = self.to_dict()
         d.update(name=f"{self.name}-smoke", base=base, smoke_test={})
+        d["scheduler"].update(sm.get("scheduler") or {})
         d["search"].update(
             num_samples=int(sm.get("num_samples", min(2, self.num_samples))),
             max_concurrent=int(sm.get("max_concurrent", min(2, self.max_concurrent))),
@@ -260,6 +265,35 @@ def _number(v: Any, where: str, *, positive: bool = False, integer: bool = False
     if positive and v <= 0:
         raise ConfigError(f"{where}: {v!r} must be > 0")
     return v
+
+
+SCHEDULER_KEYS = ("type", "metric", "mode", "grace_period", "reduction_factor")
+
+
+def _scheduler(sch: Mapping[str, Any], where: str) -> SchedulerSpec:
+    scheduler = SchedulerSpec(**sch)
+    if scheduler.type not in ("none", "asha"):
+        raise ConfigError(f"{where}.type: {scheduler.type!r} is not allowed; choose 'none' or 'asha'")
+    if scheduler.metric not in METRIC_MODES or scheduler.mode not in ("min", "max"):
+        raise ConfigError(
+            f"{where}.metric/mode: {scheduler.metric!r}/{scheduler.mode!r}; metric one of "
+            f"{sorted(METRIC_MODES)}, mode 'min' or 'max'"
+        )
+    _number(scheduler.grace_period, f"{where}.grace_period", integer=True, positive=True)
+    if _number(scheduler.reduction_factor, f"{where}.reduction_factor") <= 1:
+        raise ConfigError(f"{where}.reduction_factor: {scheduler.reduction_factor!r} must be > 1")
+    return scheduler
+
+
+def _check_rounds(scheduler: SchedulerSpec, base: Config, where: str, rounds_name: str) -> None:
+    """ASHA stops trials at ``max_t = fed.rounds`` and first compares them at ``grace_period`` rounds, so the grace
+    period cannot exceed the rounds (Ray's ASHAScheduler asserts it when the sweep starts)."""
+    rounds = base.fed.rounds
+    if scheduler.type == "asha" and scheduler.grace_period > rounds:
+        raise ConfigError(
+            f"{where}.grace_period: {scheduler.grace_period} exceeds the {rounds_name} {rounds} (ASHA's max_t); "
+            f"set {where}.grace_period <= {rounds} or run more rounds"
+        )
 
 
 def _param(key: str, raw: Any, base: Config) -> ParamSpec:
@@ -397,20 +431,9 @@ def sweep_from_dict(data: Any, *, source: Path | None = None, cwd: Path | None =
             apply_overrides(base, pt)
         except ConfigError as exc:
             raise ConfigError(f"search.points_to_evaluate[{i}]: {exc}") from None
-    sch = _mapping(
-        d.get("scheduler"), "scheduler", ("type", "metric", "mode", "grace_period", "reduction_factor")
-    )
-    scheduler = SchedulerSpec(**sch)
-    if scheduler.type not in ("none", "asha"):
-        raise ConfigError(f"scheduler.type: {scheduler.type!r} is not allowed; choose 'none' or 'asha'")
-    if scheduler.metric not in METRIC_MODES or scheduler.mode not in ("min", "max"):
-        raise ConfigError(
-            f"scheduler.metric/mode: {scheduler.metric!r}/{scheduler.mode!r}; metric one of "
-            f"{sorted(METRIC_MODES)}, mode 'min' or 'max'"
-        )
-    _number(scheduler.grace_period, "scheduler.grace_period", integer=True, positive=True)
-    if _number(scheduler.reduction_factor, "scheduler.reduction_factor") <= 1:
-        raise ConfigError(f"scheduler.reduction_factor: {scheduler.reduction_factor!r} must be > 1")
+    sch = _mapping(d.get("scheduler"), "scheduler", SCHEDULER_KEYS)
+    scheduler = _scheduler(sch, "scheduler")
+    _check_rounds(scheduler, base, "scheduler", "fed.rounds (after overrides)")
     tr = _mapping(d.get("trial"), "trial", ("pool", "driver_cpus", "local_hosts", "local_cpus", "local_gpus"))
     trial = TrialSpec(**tr)
     if trial.pool not in ("ray", "local"):
@@ -426,9 +449,12 @@ def sweep_from_dict(data: Any, *, source: Path | None = None, cwd: Path | None =
     max_failures = int(_number(d.get("max_failures", 0), "max_failures", integer=True))
     if max_failures < -1:
         raise ConfigError(f"max_failures: {max_failures} must be >= -1 (-1 = retry forever)")
-    smoke = _mapping(d.get("smoke_test"), "smoke_test", ("num_samples", "max_concurrent", "overrides"))
-    if smoke.get("overrides"):
-        _apply(base, smoke["overrides"], "smoke_test.overrides")
+    smoke = _mapping(d.get("smoke_test"), "smoke_test", ("num_samples", "max_concurrent", "overrides", "scheduler"))
+    if smoke:  # the --smoke-test variant is checked now too, not when someone first runs it
+        smoke_base = _apply(base, smoke["overrides"], "smoke_test.overrides") if smoke.get("overrides") else base
+        smoke_sch = _mapping(smoke.get("scheduler"), "smoke_test.scheduler", SCHEDULER_KEYS)
+        smoke_scheduler = _scheduler({**sch, **smoke_sch}, "smoke_test.scheduler")
+        _check_rounds(smoke_scheduler, smoke_base, "smoke_test.scheduler", "smoke_test's fed.rounds")
     out = d.get("out", "runs/sweeps")
     if not isinstance(out, str) or not out:
         raise ConfigError(f"out: expected a directory path, got {out!r}")

@@ -373,3 +373,63 @@ def test_entry_point_exits_2_with_the_key_on_a_bad_sweep(tmp_path: Path, capsys)
     err = capsys.readouterr().err
     assert err.startswith("pftray: error: ") and "space.fed.strategy: value 'fedsgd'" in err
     assert main([str(tmp_path / "out-of-nowhere.yaml"), "--resume"]) == 2
+
+
+def _asha_sweep(grace: int, rounds: int, smoke: dict | None = None) -> dict:
+    d = sweep_dict(scheduler={"type": "asha", "grace_period": grace}, smoke_test=smoke or {})
+    d["base"]["fed"]["rounds"] = rounds
+    return d
+
+
+def test_asha_grace_period_must_fit_the_rounds():
+    with pytest.raises(ConfigError) as err:
+        sweep_from_dict(_asha_sweep(6, 5))
+    assert str(err.value) == (
+        "scheduler.grace_period: 6 exceeds the fed.rounds (after overrides) 5 (ASHA's max_t); "
+        "set scheduler.grace_period <= 5 or run more rounds"
+    )
+    d = _asha_sweep(6, 9)
+    d["overrides"] = {"fed.rounds": 4}  # the rounds after the overrides count
+    with pytest.raises(ConfigError, match=r"^scheduler\.grace_period: 6 exceeds .* 4 "):
+        sweep_from_dict(d)
+    assert build_scheduler(sweep_from_dict(_asha_sweep(5, 5)))._max_t == 5  # equal is fine
+    d = _asha_sweep(9, 2)
+    d["scheduler"]["type"] = "none"  # no ASHA, no constraint
+    assert sweep_from_dict(d).scheduler.grace_period == 9
+
+
+def test_the_smoke_variant_scheduler_is_checked_when_the_file_is_read():
+    # the smoke test runs 2 rounds: a grace period of 3 fails on load, not when Ray's ASHAScheduler asserts
+    with pytest.raises(ConfigError) as err:
+        sweep_from_dict(_asha_sweep(3, 5, smoke={"overrides": {"fed.rounds": 2}}))
+    assert str(err.value).startswith(
+        "smoke_test.scheduler.grace_period: 3 exceeds the smoke_test's fed.rounds 2 (ASHA's max_t)"
+    )
+    spec = sweep_from_dict(_asha_sweep(3, 5, smoke={"overrides": {"fed.rounds": 2}, "scheduler": {"grace_period": 1}}))
+    assert spec.scheduler.grace_period == 3  # the sweep keeps its own
+    smoke = spec.smoke_test()
+    assert smoke.scheduler.grace_period == 1 and smoke.scheduler.type == "asha" and smoke.base["fed"]["rounds"] == 2
+    asha = build_scheduler(smoke)
+    assert asha._max_t == 2 and [m for m, _ in asha._brackets[0]._rungs] == [2, 1]  # grace 1 * 2^k up to 2
+    with pytest.raises(ConfigError, match=r"^smoke_test\.scheduler\.grace_path: unknown key"):
+        sweep_from_dict(_asha_sweep(1, 5, smoke={"scheduler": {"grace_path": 1}}))
+    with pytest.raises(ConfigError, match=r"^smoke_test\.scheduler\.grace_period: expected an integer"):
+        sweep_from_dict(_asha_sweep(1, 5, smoke={"scheduler": {"grace_period": 0.5}}))
+
+
+@pytest.mark.parametrize("name", ["privfedtalk.yaml", "smoke.yaml"])
+def test_shipped_sweeps_build_their_schedulers_for_both_variants(name):
+    spec = load_sweep_file(REPO / "sweeps" / name)
+    for variant in (spec, spec.smoke_test()):
+        s = build_scheduler(variant)  # Ray's ASHAScheduler asserts grace_period <= max_t
+        assert s is None or s._max_t == variant.base["fed"]["rounds"]
+
+
+def test_pftray_sweep_with_a_bad_grace_period_exits_2_with_one_line(tmp_path, capsys):
+    from pftray.cli import main
+
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(_asha_sweep(3, 5, smoke={"overrides": {"fed.rounds": 2}})))
+    assert main(["sweep", str(p), "--smoke-test"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{p}: smoke_test.scheduler.grace_period: 3 exceeds" in err, err
