@@ -55,7 +55,13 @@ from pftray.privacy.accounting import (
 )
 from pftray.privacy.audit_stats import one_run_epsilon_lower_bound, one_run_p_value, roc_auc, tpr_at_fpr
 from pftray.privacy.dp import AdaptiveClipping, central_noise, clip_update, split_noise_multiplier
-from pftray.privacy.layer import DPLayer, DistributedNoisePlan, bounded_weight, secure_generator, skellam_noise
+from pftray.privacy.layer import (
+    DistributedNoisePlan,
+    DPLayer,
+    bounded_weight,
+    secure_generator,
+    skellam_noise,
+)
 from pftray.privacy.secagg import (
     SecAggAbort,
     SecAggClient,

@@ -24,8 +24,9 @@ from pftray.privacy.secagg.messages import (
     ShareKeys,
     UnmaskReply,
     UnmaskRequest,
+    seed_commitment,
 )
-from pftray.privacy.secagg.quantize import quantize
+from pftray.privacy.secagg.quantize import SignedQuantization, quantize
 
 __all__ = ["ENC_INFO", "MASK_INFO", "SecAggClient", "mask_sign", "share_aad", "share_x"]
 
@@ -133,11 +134,15 @@ class SecAggClient:
             aad = share_aad(setup.session_id, self.client_id, v)
             ciphertexts[v] = P.encrypt(key, plaintext, associated_data=aad)
         self._stage = "masked_input"
-        return ShareKeys(self.client_id, ciphertexts)
+        return ShareKeys(self.client_id, ciphertexts,
+                         b_commitment=seed_commitment(setup.session_id, self.client_id, b_seed))
 
     # Stage 2 -> 3 -------------------------------------------------------------------------------------
-    def masked_input(self, msg: ShareDelivery, vector: np.ndarray) -> MaskedInput:
-        """Quantise ``vector`` and mask it: ``y_u = q(x_u) + PRG(b_u) + sum_{v in U2 ∩ N(u)} ±PRG(s_uv)``."""
+    def masked_input(self, msg: ShareDelivery, vector: np.ndarray, *,
+                     integer_noise: np.ndarray | None = None) -> MaskedInput:
+        """Quantise ``vector`` and mask it: ``y_u = q(x_u) + PRG(b_u) + sum_{v in U2 ∩ N(u)} ±PRG(s_uv)``.
+
+        ``integer_noise`` (signed fixed point only): int noise in grid units, added before masking."""
         setup = self._expect("masked_input")
         self._check_addressee(msg.client_id)
         senders = set(msg.ciphertexts)
@@ -156,7 +161,12 @@ class SecAggClient:
             )
         spec = setup.quantization
         k = spec.modulus_bits
-        y = quantize(vector, spec, rng=self._rng)
+        if isinstance(spec, SignedQuantization):
+            y = spec.encode(vector, self._rng, integer_noise=integer_noise)
+        elif integer_noise is not None:
+            raise ValueError("integer_noise needs the signed fixed-point mode (SecAggParams.signed_bound)")
+        else:
+            y = quantize(vector, spec, rng=self._rng)
         y += P.prg_expand(self._b_seed, setup.vector_length, modulus_bits=k)
         for v in sorted(senders):
             seed = P.agree(self._s_sk, self._peer_keys[v][1], info=MASK_INFO)

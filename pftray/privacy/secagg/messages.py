@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pftray.privacy.secagg.quantize import QuantizationSpec
+from pftray.privacy.secagg.quantize import QuantizationSpec, SignedQuantization
 
 __all__ = [
     "STAGES",
@@ -76,7 +76,7 @@ class SetupMessage:
     sample: tuple[int, ...]
     neighbours: tuple[int, ...]
     threshold: int
-    quantization: QuantizationSpec
+    quantization: QuantizationSpec | SignedQuantization
     vector_length: int
 
     @property
@@ -115,10 +115,20 @@ class ShareKeys:
 
     client_id: int
     ciphertexts: Mapping[int, bytes]
+    #: SHA-256 commitment to the self-mask seed ``b`` (:func:`seed_commitment`): the server checks the seed it
+    #: reconstructs from the shares against it, so a corrupted share aborts instead of changing the sum
+    b_commitment: bytes = b""
 
     @property
     def nbytes(self) -> int:
-        return _ID_BYTES + sum(_ID_BYTES + len(c) for c in self.ciphertexts.values())
+        return _ID_BYTES + len(self.b_commitment) + sum(_ID_BYTES + len(c) for c in self.ciphertexts.values())
+
+
+def seed_commitment(session_id: bytes, client_id: int, seed: bytes) -> bytes:
+    """Hiding, binding commitment to a 32-byte random seed: SHA-256 over a domain tag, the session and the owner."""
+    import hashlib
+
+    return hashlib.sha256(b"pftray-secagg-b-commit" + session_id + int(client_id).to_bytes(4, "big") + seed).digest()
 
 
 @dataclass(frozen=True)

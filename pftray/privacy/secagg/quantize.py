@@ -28,7 +28,17 @@ import numpy as np
 
 from pftray.privacy.secagg.primitives import uint_dtype
 
-__all__ = ["QuantizationSpec", "dequantize_sum", "quantization_error_bound", "quantize"]
+__all__ = [
+    "MAX_MODULUS_BITS",
+    "QuantizationSpec",
+    "SignedQuantization",
+    "dequantize_sum",
+    "quantization_error_bound",
+    "quantize",
+]
+
+#: float64 represents every integer below 2**53 exactly; a wider modulus would break the exact decoding
+MAX_MODULUS_BITS = 53
 
 Rounding = Literal["stochastic", "deterministic"]
 
@@ -54,9 +64,10 @@ class QuantizationSpec:
             raise ValueError(f"clip_range must be a finite positive float, got {self.clip_range!r}")
         if not isinstance(self.num_clients, int) or self.num_clients < 1:
             raise ValueError(f"num_clients must be a positive int, got {self.num_clients!r}")
-        if not isinstance(self.modulus_bits, int) or not 2 <= self.modulus_bits <= 53:
+        if not isinstance(self.modulus_bits, int) or not 2 <= self.modulus_bits <= MAX_MODULUS_BITS:
             # float64 represents every integer below 2**53 exactly; wider grids would break the error bound.
-            raise ValueError(f"modulus_bits must be an int in [2, 53], got {self.modulus_bits!r}")
+            raise ValueError(f"privacy.secagg_modulus_bits (modulus_bits) must be an int in [2, {MAX_MODULUS_BITS}], "
+                             f"got {self.modulus_bits!r}")
         if self.rounding not in ("stochastic", "deterministic"):
             raise ValueError(f"rounding must be 'stochastic' or 'deterministic', got {self.rounding!r}")
         if self.levels < 1:
@@ -114,3 +125,58 @@ def quantization_error_bound(spec: QuantizationSpec, *, num_summed: int) -> floa
         raise ValueError(f"num_summed must be a positive int, got {num_summed!r}")
     per_client = 0.5 / spec.scale if spec.rounding == "deterministic" else 1.0 / spec.scale
     return num_summed * per_client
+
+
+@dataclass(frozen=True)
+class SignedQuantization:
+    """Signed fixed point mod ``2**k`` with room for integer noise (distributed DP under secure aggregation).
+
+    A client encodes ``x`` as ``round_stochastic(x * scale)`` (int64), adds its integer noise, and reduces mod
+    ``2**k``; the server lifts the modular sum back to ``(-2**(k-1), 2**(k-1)]`` and divides by ``scale``. Nothing is
+    clipped: the caller guarantees, through :meth:`for_bound`, that every coordinate of any sum it will decode lies
+    within ``bound`` (float units), rounding and noise included, so the lift is exact.
+    """
+
+    scale: float
+    modulus_bits: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.modulus_bits, int) or not 2 <= self.modulus_bits <= MAX_MODULUS_BITS:
+            raise ValueError(f"privacy.secagg_modulus_bits must be an int in [2, {MAX_MODULUS_BITS}], "
+                             f"got {self.modulus_bits!r}")
+        if not (np.isfinite(self.scale) and self.scale >= 1):
+            raise ValueError(f"scale must be finite and >= 1, got {self.scale!r}")
+
+    @classmethod
+    def for_bound(cls, bound: float, modulus_bits: int) -> SignedQuantization:
+        """The largest integer scale at which any sum with ``|value| <= bound`` per coordinate lifts back exactly."""
+        if not (np.isfinite(bound) and bound > 0):
+            raise ValueError(f"bound must be finite and > 0, got {bound!r}")
+        scale = float(((1 << (modulus_bits - 1)) - 1) // bound)
+        if scale < 1:
+            raise ValueError(f"privacy.secagg_modulus_bits={modulus_bits} cannot hold sums up to {bound:g}: "
+                             "raise the modulus")
+        return cls(scale=scale, modulus_bits=modulus_bits)
+
+    def encode(self, x: np.ndarray, rng: np.random.Generator, *,
+               integer_noise: np.ndarray | None = None) -> np.ndarray:
+        """``(round_stochastic(x * scale) + noise) mod 2**k`` as the protocol's word type."""
+        x = np.asarray(x, dtype=np.float64)
+        if not np.all(np.isfinite(x)):
+            raise ValueError("encode: input contains NaN or inf")
+        v = x * self.scale
+        q = np.floor(v)
+        q += rng.random(v.shape) < (v - q)
+        q = q.astype(np.int64)
+        if integer_noise is not None:
+            noise = np.asarray(integer_noise)
+            if noise.shape != q.shape or noise.dtype.kind not in "iu":
+                raise ValueError(f"integer_noise must be an int array of shape {q.shape}")
+            q = q + noise.astype(np.int64)
+        return np.mod(q, np.int64(1) << self.modulus_bits).astype(uint_dtype(self.modulus_bits))
+
+    def decode_sum(self, total: np.ndarray) -> np.ndarray:
+        """Centred lift of a modular sum to ``(-2**(k-1), 2**(k-1)]``, divided by ``scale`` (float64)."""
+        t = np.asarray(total).astype(np.int64) & ((np.int64(1) << self.modulus_bits) - 1)
+        t = np.where(t > (np.int64(1) << (self.modulus_bits - 1)), t - (np.int64(1) << self.modulus_bits), t)
+        return t.astype(np.float64) / self.scale

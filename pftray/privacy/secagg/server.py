@@ -36,8 +36,9 @@ from pftray.privacy.secagg.messages import (
     UnmaskReply,
     UnmaskRequest,
     neighbour_graph,
+    seed_commitment,
 )
-from pftray.privacy.secagg.quantize import QuantizationSpec, Rounding, dequantize_sum
+from pftray.privacy.secagg.quantize import QuantizationSpec, Rounding, SignedQuantization, dequantize_sum
 
 __all__ = ["SecAggOutcome", "SecAggParams", "SecAggServer"]
 
@@ -57,6 +58,9 @@ class SecAggParams:
         modulus_bits: ``k``; arithmetic mod ``2**k`` (32 = native uint32 wraparound).
         rounding: quantisation rounding, ``"stochastic"`` (unbiased) or ``"deterministic"``.
         graph_seed: seed of the neighbour graph (deterministic given the sample).
+        signed_bound: when set, signed fixed point with room for integer noise
+            (:class:`~pftray.privacy.secagg.quantize.SignedQuantization` for sums up to this bound per coordinate)
+            instead of the offset grid over ``[-clip_range, clip_range]``.
     """
 
     sample: tuple[int, ...]
@@ -67,6 +71,7 @@ class SecAggParams:
     modulus_bits: int = 32
     rounding: Rounding = "stochastic"
     graph_seed: int = 0
+    signed_bound: float | None = None
 
     def __post_init__(self) -> None:
         sample = tuple(int(u) for u in self.sample)
@@ -85,7 +90,9 @@ class SecAggParams:
         self.quantization  # noqa: B018 - validates clip_range, modulus_bits, rounding
 
     @property
-    def quantization(self) -> QuantizationSpec:
+    def quantization(self) -> QuantizationSpec | SignedQuantization:
+        if self.signed_bound is not None:
+            return SignedQuantization.for_bound(self.signed_bound, self.modulus_bits)
         return QuantizationSpec(
             clip_range=self.clip_range,
             num_clients=len(self.sample),
@@ -117,6 +124,7 @@ class SecAggServer:
         self.params = params
         self.graph = neighbour_graph(params.sample, degree=params.degree, seed=params.graph_seed)
         self.session_id = os.urandom(16)
+        self._b_commit: dict[int, bytes] = {}
         self.dropped: dict[int, str] = {}
         self.rejected: list[RejectedShare] = []
         self._stage = "setup"
@@ -210,6 +218,9 @@ class SecAggServer:
         offered = set(self._live)
         got = self._collect(replies, ShareKeys, "share_keys")
         for u, r in got.items():
+            if len(r.b_commitment) != 32:
+                raise SecAggProtocolError(f"server: client {u} sent no commitment to its self-mask seed")
+            self._b_commit[u] = bytes(r.b_commitment)
             expected = self.graph[u] & offered
             if set(r.ciphertexts) != expected:
                 raise SecAggProtocolError(
@@ -270,6 +281,11 @@ class SecAggServer:
         total = self._total
         for u in sorted(u3):
             seed = self._reconstruct(u, b_shares[u], "self-mask seed b")
+            if seed_commitment(self.session_id, u, seed) != self._b_commit.get(u):
+                raise SecAggAbort(
+                    f"secure aggregation aborted: the self-mask seed of client {u} reconstructed from the shares "
+                    "does not match its commitment (a corrupted or forged share)"
+                )
             total -= P.prg_expand(seed, d, modulus_bits=k)
         for v in sorted(dropped_in):
             masked_with = self.graph[v] & u3
@@ -292,7 +308,8 @@ class SecAggServer:
             total &= total.dtype.type((1 << k) - 1)
         self._total = None
         return SecAggOutcome(
-            sum=dequantize_sum(total, p.quantization, num_summed=len(u3)),
+            sum=(spec.decode_sum(total) if isinstance(spec := p.quantization, SignedQuantization)
+                 else dequantize_sum(total, spec, num_summed=len(u3))),
             quantized_sum=total,
             survivors=tuple(sorted(u3)),
             dropped=dict(sorted(self.dropped.items())),
