@@ -240,3 +240,25 @@ def test_distributed_noise_under_secagg_is_the_recorded_noise(tmp_path, dropped)
     assert np.std(noise) == pytest.approx(recorded_std, rel=0.03)
     # at least the configured noise, whatever the survivors: z C on the sum
     assert recorded_std >= cfg.privacy.noise_multiplier * C * (1 - 1e-9)
+
+
+# ------------------------------------------------------------------------------------------------ resume
+def test_a_dp_run_resumes_with_its_ledger_and_fresh_noise(tmp_path):
+    import json
+
+    cfg = dp_config(4, **{"fed.rounds": 4, "fed.sample_rate": 0.5, "privacy.adaptive_clipping": True,
+                          "privacy.clipped_count_stddev": 2.0})
+    deltas = _deltas(4, norm=2.0)
+    first, _ = make_server(cfg, tmp_path / "run", deltas)
+    first.round(1)
+    first.round(2)
+    first.checkpoint()
+    eps2, c2 = first.epsilon(), first.state.clipping_norm
+    resumed, _ = make_server(cfg, tmp_path / "run", deltas)
+    assert resumed.restore() == 2
+    assert resumed.epsilon() == pytest.approx(eps2) and resumed.state.clipping_norm == c2
+    assert resumed.dp.clipping_norm == c2  # the layer's adaptive state came back too
+    resumed.run_rounds()
+    assert len(resumed.ledger.events) == 4 and resumed.epsilon() > eps2
+    summary = json.loads((tmp_path / "run" / "privacy.json").read_text())
+    assert "not reproducible" in summary["randomness"] and summary["sampling"] == "poisson"
