@@ -1,5 +1,11 @@
 """A sweep killed (SIGKILL of its whole process group) after its first trial finished resumes with
-``--resume``: it ends with every trial done, and Tune does not run the finished trial again."""
+``--resume``: it ends with every trial done, and Tune does not run the finished trial again.
+
+The second trial must still be running when the sweep is killed. With two identical 1-round trials it was not:
+the second one reuses the first one's actor and ends about a second later, the sweep finishes, and no experiment
+state is written after the first trial's end (the test then waited 60 s for one). So the trials are fixed
+(``points_to_evaluate``): the first runs 1 round, the second 30, and the kill comes as soon as Tune's experiment
+state records the first trial as TERMINATED (its own content, not a file time)."""
 
 from __future__ import annotations
 
@@ -34,6 +40,22 @@ def _done_runs(exp: Path) -> list[Path]:
     return out
 
 
+def _terminated_in_state(exp: Path, trial_id: str) -> bool:
+    """Whether Tune's experiment state (what ``Tuner.restore`` reads) records ``trial_id`` as TERMINATED."""
+    assert not (exp / "sweep_done.json").exists(), "the sweep finished before it could be killed"
+    for path in exp.glob("experiment_state-*.json"):
+        try:
+            trials = [json.loads(t[0]) for t in json.loads(path.read_text())["trial_data"]]
+        except (json.JSONDecodeError, OSError, KeyError, IndexError, TypeError):  # being replaced right now
+            continue
+        if any(t.get("trial_id") == trial_id and t.get("status") == "TERMINATED" for t in trials):
+            return True
+    return False
+
+
+LONG_ROUNDS = 30  # the second trial: still running when the first one's end is in the experiment state
+
+
 def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path: Path):
     tmp = Path(tempfile.mkdtemp(prefix="pfr", dir="/tmp"))  # this test's Ray temp dir: finds its processes
     env = {
@@ -43,7 +65,14 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path: Path):
         "TUNE_GLOBAL_CHECKPOINT_S": "0",
         "PYTHONUNBUFFERED": "1",
     }
-    d = sweep_dict(name="resume", search={"num_samples": 2, "max_concurrent": 1, "seed": 0})
+    points = [{"fed.rounds": 1, "privacy.noise_multiplier": 1.0},
+              {"fed.rounds": LONG_ROUNDS, "privacy.noise_multiplier": 1.0}]
+    d = sweep_dict(
+        name="resume",
+        space={"fed.rounds": {"type": "choice", "values": [1, LONG_ROUNDS]},
+               "privacy.noise_multiplier": {"type": "loguniform", "low": 0.5, "high": 3.0}},
+        search={"num_samples": 2, "max_concurrent": 1, "seed": 0, "points_to_evaluate": points},
+    )
     sweep = tmp_path / "resume.yaml"
     sweep.write_text(yaml.safe_dump(d))
     out = tmp_path / "out"
@@ -59,12 +88,13 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path: Path):
             lambda: _done_runs(exp) if exp.exists() else [], timeout_s=150, what="a finished trial"
         )
         assert len(first) == 1
-        done_at = (first[0] / "meta.json").stat().st_mtime
+        first_id = json.loads((first[0] / "meta.json").read_text())["trial_id"]
+        assert json.loads((first[0] / "meta.json").read_text())["params"]["fed.rounds"] == 1
         # the experiment state (trial statuses) is snapshotted on Tune's next controller step
         wait_for(
-            lambda: any(p.stat().st_mtime > done_at + 1.0 for p in exp.glob("experiment_state-*.json")),
+            lambda: _terminated_in_state(exp, first_id),
             timeout_s=60,
-            what="the experiment state after the first trial",
+            what="the experiment state to record the first trial as TERMINATED",
         )
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
@@ -95,7 +125,9 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path: Path):
     ]
     assert _snapshot(first[0]) == before  # the finished trial's run directory was not touched
     assert (first[0].parent / "result.json").read_text() == results_before  # and Tune did not run it again
-    for run_dir in trials["run_dir"]:
-        rounds = pd.read_parquet(Path(run_dir) / "rounds.parquet")
-        assert list(rounds["server_round"]) == [1]  # no round ran twice in a resumed trial
+    by_rounds = {int(r): Path(d) for r, d in zip(trials["config/fed.rounds"], trials["run_dir"])}
+    assert sorted(by_rounds) == [1, LONG_ROUNDS] and by_rounds[1].resolve() == first[0].resolve()
+    for n, run_dir in by_rounds.items():
+        rounds = pd.read_parquet(run_dir / "rounds.parquet")
+        assert list(rounds["server_round"]) == list(range(1, n + 1))  # no round ran twice in a resumed trial
     assert procs_with(str(tmp)) == []
