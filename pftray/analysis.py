@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pftray.tune import DONE_MARKER, METRIC_MODES, RUN_SUBDIR
+from pftray.sweep_layout import DONE_MARKER, METRIC_MODES, RUN_SUBDIR
 
 
 def _read_results(path: Path) -> list[dict[str, Any]]:
@@ -57,7 +57,7 @@ def load_sweep(sweep_dir: str | Path, *, finished: bool | None = None) -> pd.Dat
     Columns: ``trial_id``, ``trial_name``, ``status`` (``done`` | ``budget_exhausted`` | ``error`` | ``stopped``
     — ended early by the scheduler — | ``running`` | ``pending``), ``error`` (last line of Tune's ``error.txt``, else ``""``),
     ``config/<key>`` for each sampled key, ``final/<metric>`` (last reported round), ``best/<metric>`` (best over
-    rounds in the metric's direction, :data:`pftray.tune.METRIC_MODES`), ``epsilon`` (final, ``inf`` without DP),
+    rounds in the metric's direction, :data:`pftray.sweep_layout.METRIC_MODES`), ``epsilon`` (final, ``inf`` without DP),
     ``server_round`` (rounds reported), ``wall_s`` (trial time), ``run_dir``.
 
     ``finished`` says whether the sweep has ended (default: ``sweep_done.json`` exists); a trial whose run is still

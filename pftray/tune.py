@@ -62,20 +62,8 @@ from pftray.config import (
     path_roots,
     resolve_input_paths,
 )
+from pftray.sweep_layout import DONE_MARKER, METRIC_MODES, RUN_SUBDIR  # also importable from here, as before
 
-#: Metrics a sweep can optimise, with the direction that is better ("best/<metric>" in :mod:`pftray.analysis`).
-METRIC_MODES: dict[str, str] = {
-    "val_loss": "min",
-    "train_loss": "min",
-    "epsilon": "min",
-    "psnr": "max",
-    "ssim": "max",
-    "mouth_psnr": "max",
-    "mouth_ssim": "max",
-    "lip_sync": "max",
-    "jitter": "min",
-    "temp_stab_eval": "max",
-}
 PARAM_TYPES = ("uniform", "loguniform", "int", "logint", "choice")
 SWEEP_KEYS = (
     "name",
@@ -92,8 +80,6 @@ SWEEP_KEYS = (
 )
 #: config keys holding paths: made absolute at launch, because Tune runs trials in another working directory
 PATH_KEYS = ("data.source", "data.cache_dir", "model.pretrained", "model.backbone")
-RUN_SUBDIR = "run"
-DONE_MARKER = "sweep_done.json"
 
 
 # ------------------------------------------------------------------------------------------ the sweep file
