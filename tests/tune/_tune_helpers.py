@@ -45,7 +45,7 @@ TINY_BASE: dict[str, Any] = {
         "strategy": "isfa",
         "rounds": 1,
         "clients_per_round": 1,
-        "sample_rate": 0.5,  # Poisson sampling: what client-level DP is accounted for
+        "sample_rate": 1.0,  # Poisson sampling (what client-level DP is accounted for); 1.0: no empty rounds
         "eval_every": 0,
         "eval_clients": 1,
         "mu": 0.01,

@@ -22,7 +22,7 @@ from pftray.privacy.accounting import compute_epsilon
 from pftray.tune import DONE_MARKER, run_sweep, sweep_from_dict
 
 TARGET_EPS = 5.0
-Q = 0.5  # clients_per_round / num_clients
+Q = 1.0  # fed.sample_rate of the tiny base (Poisson sampling)
 
 
 @pytest.fixture(scope="module")
