@@ -27,7 +27,6 @@ a compaction interrupted by a crash is finished (or undone) by the next reader a
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import platform
@@ -145,12 +144,11 @@ class RunDir:
     def _read(base: Path, parts: list[tuple[int, Path]]) -> pd.DataFrame:
         if not parts:
             return pd.read_parquet(base) if base.exists() else pd.DataFrame()
-        frames = ([pd.read_parquet(base)] if base.exists() else []) + [pd.read_parquet(p) for _, p in parts]
-        df = pd.concat([f for f in frames if len(f)] or frames[:1], ignore_index=True)
-        # the dtypes a single file of these rows reads back with (what the table was when each round rewrote it)
-        buf = io.BytesIO()
-        df.to_parquet(buf, index=False)
-        return pd.read_parquet(buf)
+        tables = ([pq.read_table(base)] if base.exists() else []) + [pq.read_table(p) for _, p in parts]
+        # columns unified as one file of these rows has them (a column that is null in early rounds takes its later
+        # type, ints meeting floats become floats): what the table was when each round rewrote it
+        merged = pa.concat_tables([t for t in tables if t.num_rows] or tables[:1], promote_options="permissive")
+        return merged.to_pandas()
 
     def append(self, name: str, rows: list[dict[str, Any]], *, replace_round: int | None = None) -> None:
         """Append rows to table ``name``: one part file per round, written atomically, its cost independent of
