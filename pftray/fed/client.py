@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from pftray.config import Config
 from pftray.data import ClientData, clips_to_batch
+from pftray.errors import ConfigError
 from pftray.model.adapters import (
     adapter_parameters,
     add_adapters,
@@ -114,10 +115,40 @@ def initial_identity_state(model: TalkingHeadModel, client_id: int, seed: int) -
     return out
 
 
+def check_precision(precision: str, dp_sgd: bool, *, key: str = "train.precision") -> None:
+    """Refuse ``fp16`` with DP-SGD: fp16 needs a GradScaler, whose scaled (possibly overflowed, then skipped)
+    gradients DP-SGD's per-clip clipping and noise must not see; the DP-SGD step runs in fp32 anyway."""
+    if precision == "fp16" and dp_sgd:
+        raise ConfigError(f"{key}: 'fp16' cannot be used with train.dp_sgd (DP-SGD clips per-clip gradients, a "
+                          f"GradScaler would scale them); use 'fp32' (the DP-SGD step runs in fp32)")
+
+
+def optimizer_step(loss: torch.Tensor, optimizers: list[torch.optim.Optimizer], params: list[torch.Tensor], *,
+                   scaler: torch.amp.GradScaler, grad_clip: float) -> bool:
+    """Backward, gradient clip and step of every optimiser through ``scaler`` (fp16 on CUDA; a disabled
+    scaler is a plain backward/step). Gradients are unscaled before the clip, so ``grad_clip`` is in true
+    units; a step whose gradients overflowed is skipped by the scaler. Returns whether the step was applied."""
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    for opt in optimizers:
+        scaler.unscale_(opt)
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    for opt in optimizers:
+        scaler.step(opt)
+    if not scaler.is_enabled():
+        return True
+    before = scaler.get_scale()
+    scaler.update()
+    return scaler.get_scale() >= before  # the scale backs off exactly when the step found inf/NaN and skipped
+
+
 class ClientTrainer:
     """Runs local training for any client on one model instance (a worker hosts many clients)."""
 
     def __init__(self, cfg: Config, *, device: str | torch.device = "cpu", model: TalkingHeadModel | None = None):
+        check_precision(cfg.train.precision, cfg.train.dp_sgd)
         self.cfg = cfg
         self.device = torch.device(device)
         self.model = model if model is not None else build_model(cfg, device=self.device)
@@ -129,6 +160,12 @@ class ClientTrainer:
         if self.device.type == "cuda" and prec in ("bf16", "fp16"):
             return torch.autocast("cuda", dtype=torch.bfloat16 if prec == "bf16" else torch.float16)
         return torch.autocast("cpu", enabled=False)
+
+    def _grad_scaler(self) -> torch.amp.GradScaler:
+        """fp16 autocast on CUDA needs loss scaling (fp16 gradients underflow); bf16, fp32 and CPU do not. A fresh
+        scaler per fit: a client's training does not depend on which clients its worker trained before."""
+        enabled = self.device.type == "cuda" and self.cfg.train.precision == "fp16"
+        return torch.amp.GradScaler(self.device.type, enabled=enabled)
 
     def _batch(self, client: ClientData, rng: np.random.Generator, clips: list | None = None) -> dict:
         clips = client.train if clips is None else clips
@@ -169,6 +206,7 @@ class ClientTrainer:
         self.model.train()
         losses, diffs, tdcs = [], [], []
         steps = cfg.train.local_steps if local_steps is None else local_steps
+        scaler, skipped = self._grad_scaler(), 0
         for _ in range(steps):
             if cfg.train.dp_sgd:
                 loss_v, diff_v, tdc_v = self._dp_sgd_step(client, rng, gen, [opt_id] + ([opt_sh] if opt_sh else []),
@@ -184,15 +222,9 @@ class ClientTrainer:
                     loss = out["loss"]
                     if mu > 0 and train_shared:
                         loss = loss + proximal_term(adapter_parameters(self.model.unet, "shared"), global_params, mu)
-                opt_id.zero_grad(set_to_none=True)
-                if opt_sh is not None:
-                    opt_sh.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.train.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(trainable, cfg.train.grad_clip)
-                opt_id.step()
-                if opt_sh is not None:
-                    opt_sh.step()
+                applied = optimizer_step(loss, [opt_id] + ([opt_sh] if opt_sh is not None else []), trainable,
+                                         scaler=scaler, grad_clip=cfg.train.grad_clip)
+                skipped += not applied
                 loss_v = float(loss.detach())
                 diff_v, tdc_v = float(out["diffusion"].detach()), float(out["tdc"].detach())
             losses.append(loss_v)
@@ -223,6 +255,8 @@ class ClientTrainer:
         new_state = ClientState(get_adapter_state(self.model.unet, "identity"), opt_id.state_dict(),
                                 state.rounds_trained + 1, state.privacy)
         status, message = "ok", ""
+        if skipped:
+            message = f"fp16: {skipped} of {steps} steps skipped by the GradScaler (gradients overflowed)"
         if not np.all(np.isfinite(delta)) or not all(math.isfinite(x) for x in losses):
             status, message = "nonfinite", "update or loss contains NaN/Inf"
         update = ClientUpdate(client.client_id, client.num_examples, float(np.mean(losses)), float(np.mean(diffs)),
