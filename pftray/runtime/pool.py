@@ -7,9 +7,12 @@ driver uses to reach them. Actors are thin shells around :class:`pftray.fed.host
   ``runtime.dispatch: dynamic`` (default) hands the round's clients out in chunks to whichever worker is free
   (guided self-scheduling: chunk = remaining / (2 * workers), at least 1, one chunk in flight per worker), so
   uneven clients or workers do not leave a worker idle at the end of the round; private states live under the
-  run directory, which all of a tier's workers must see. ``static`` pins client ``k`` to worker
-  ``k % num_workers``. Either way the worker that trained a client this round is the one asked for its
-  contribution and secure-aggregation messages.
+  run directory, which all of a tier's workers must see: at start the pool writes a marker with a random token
+  under the run directory and every worker of a tier with several workers must read that token back, else the
+  pool refuses to start (:func:`check_marker_replies`; a RuntimeError naming ``runtime.dispatch``) rather than
+  let workers read stale client states. ``static`` pins client ``k`` to worker ``k % num_workers``. Either way
+  the worker that trained a client this round is the one asked for its contribution and secure-aggregation
+  messages.
 * The round's global weights are ``ray.put`` once and every worker receives the same object reference.
 * A worker that dies (killed process, OOM) makes its clients ``failed`` for that round; it is recreated before
   the next call.
@@ -18,13 +21,16 @@ driver uses to reach them. Actors are thin shells around :class:`pftray.fed.host
 from __future__ import annotations
 
 import logging
+import secrets
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import ray
 
 from pftray.config import Config, TierConfig
+from pftray.errors import RuntimeFailure
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +70,32 @@ class ClientWorker:
 
     def ping(self):
         return self.host.ping()
+
+    def read_marker(self, path: str) -> str | None:
+        """The token in the file ``path`` as this worker sees it (None: it cannot read it)."""
+        try:
+            return Path(path).read_text().strip()
+        except OSError:
+            return None
+
+
+class SharedRunDirError(RuntimeFailure):
+    """Dynamic dispatch, but some worker does not see the driver's run directory."""
+
+
+#: name of the marker file the pool writes under the run directory at start (removed once read)
+MARKER_PREFIX = ".pftray-dispatch-check-"
+
+
+def check_marker_replies(token: str, replies: dict[str, str | None], run_dir: str) -> None:
+    """Refuse dynamic dispatch when some worker read another token (or none) from the marker under
+    ``run_dir``: client states written by one worker would be stale or missing for the next one."""
+    bad = sorted(w for w, got in replies.items() if got != token)
+    if bad:
+        raise SharedRunDirError(
+            f"runtime.dispatch: dynamic needs the run directory {run_dir} on storage every worker sees, but "
+            f"worker(s) {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} could not read the driver's marker "
+            f"there; put it on shared storage or set runtime.dispatch: static")
 
 
 def tier_request(tier: TierConfig) -> dict[str, float]:
@@ -105,6 +137,11 @@ class RayPool:
         self.cfg, self.run_dir = cfg, run_dir
         self.tiers = cfg.runtime.tiers
         self.timeout = timeout_s or cfg.runtime.round_timeout_s
+        from pftray.fed.client import check_precision
+
+        for tier in self.tiers:  # here, in the driver, rather than as a failed actor start
+            key = f"runtime.tiers[{tier.name}].precision" if tier.precision else "train.precision"
+            check_precision(tier.precision or cfg.train.precision, cfg.train.dp_sgd, key=key)
         check_tiers(self.tiers)
         self.cfg_dict = cfg.to_dict()
         self.workers: dict[tuple[int, int], Any] = {}
@@ -112,6 +149,39 @@ class RayPool:
             for wi in range(tier.num_workers):
                 self.workers[(ti, wi)] = self._spawn(ti, wi)
         self._trained_on: dict[int, tuple[int, int]] = {}  # this round: client -> the worker holding its delta
+        if cfg.runtime.dispatch == "dynamic":
+            try:
+                self.check_shared_run_dir()
+            except BaseException:
+                self.shutdown()
+                raise
+
+    def check_shared_run_dir(self) -> None:
+        """Dynamic dispatch: every worker of a tier with several workers reads back the token of a marker this
+        process writes under the run directory (a tier of one worker always trains its clients on that worker).
+        Workers whose actor class has no ``read_marker`` (benchmark stand-ins that keep no state) are skipped."""
+        keys = [k for k in self.workers if self.tiers[k[0]].num_workers > 1]
+        refs = {}
+        token = secrets.token_hex(16)
+        marker = Path(self.run_dir) / f"{MARKER_PREFIX}{token[:12]}"
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(token)
+        try:
+            for k in keys:
+                try:
+                    method = self.workers[k].read_marker
+                except AttributeError:
+                    continue
+                refs[method.remote(str(marker))] = f"{self.tiers[k[0]].name}-{k[1]}"
+            if not refs:
+                return
+            ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=self.timeout)
+            replies: dict[str, str | None] = {w: None for w in refs.values()}  # no answer in time counts as unseen
+            for ref in ready:
+                replies[refs[ref]] = ray.get(ref)
+        finally:
+            marker.unlink(missing_ok=True)
+        check_marker_replies(token, replies, self.run_dir)
 
     def _spawn(self, ti: int, wi: int):
         tier = self.tiers[ti]
