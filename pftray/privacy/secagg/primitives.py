@@ -42,6 +42,7 @@ __all__ = [
     "prg_expand",
     "public_key_from_private",
     "random_seed",
+    "shamir_evaluate",
     "shamir_reconstruct",
     "shamir_split",
     "share_nbytes",
@@ -207,17 +208,44 @@ def shamir_split(secret: bytes, *, threshold: int, xs: Sequence[int]) -> dict[in
 
 
 @lru_cache(maxsize=4096)
-def _lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
-    """Lagrange basis values ``l_j(0) = prod_{m != j} x_m / (x_m - x_j) mod p`` (cached per x-set)."""
+def _lagrange_at(xs: tuple[int, ...], at: int = 0) -> tuple[int, ...]:
+    """Lagrange basis values ``l_j(at) = prod_{m != j} (at - x_m) / (x_j - x_m) mod p`` (cached per x-set)."""
     out = []
     for j, xj in enumerate(xs):
         num, den = 1, 1
         for m, xm in enumerate(xs):
             if m != j:
-                num = num * xm % FIELD_PRIME
-                den = den * (xm - xj) % FIELD_PRIME
+                num = num * (at - xm) % FIELD_PRIME
+                den = den * (xj - xm) % FIELD_PRIME
         out.append(num * pow(den, -1, FIELD_PRIME) % FIELD_PRIME)
     return tuple(out)
+
+
+def _lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
+    return _lagrange_at(xs, 0)
+
+
+def shamir_evaluate(shares: Mapping[int, bytes], *, at: int) -> bytes:
+    """The share at x-coordinate ``at`` of the polynomials through exactly ``shares`` (``{x: share}``).
+
+    With ``len(shares) == threshold`` consistent shares this is the share the dealer gave to ``at``, so a
+    submitted share that differs from it is inconsistent with the secret these shares reconstruct (used to
+    name the holder of a corrupted share once a subset has reproduced the committed secret).
+    """
+    xs = tuple(sorted(shares))
+    if not xs:
+        raise ValueError("need at least one share")
+    if not 0 < at < FIELD_PRIME:
+        raise ValueError(f"x-coordinate must be in [1, p), got {at}")
+    size = len(shares[xs[0]])
+    if size % _ELEMENT_BYTES or any(len(shares[x]) != size for x in xs):
+        raise ValueError("shares must all have the same length, a multiple of 16 bytes")
+    basis = _lagrange_at(xs, at)
+    out = bytearray()
+    for lo in range(0, size, _ELEMENT_BYTES):
+        value = sum(int.from_bytes(shares[x][lo : lo + _ELEMENT_BYTES], "big") * lj for x, lj in zip(xs, basis))
+        out += (value % FIELD_PRIME).to_bytes(_ELEMENT_BYTES, "big")
+    return bytes(out)
 
 
 def shamir_reconstruct(shares: Mapping[int, bytes], *, threshold: int, secret_bytes: int) -> bytes:

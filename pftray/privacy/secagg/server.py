@@ -15,8 +15,9 @@ may exclude others in turn (fixed point). Fewer than ``threshold`` live clients 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import combinations
 from typing import TypeVar
 
 import numpy as np
@@ -44,6 +45,9 @@ __all__ = ["SecAggOutcome", "SecAggParams", "SecAggServer"]
 
 _M = TypeVar("_M")
 
+#: Subsets of ``threshold`` shares tried to recover a secret whose first reconstruction failed its commitment.
+_MAX_RECOVERY_ATTEMPTS = 1024
+
 
 @dataclass(frozen=True)
 class SecAggParams:
@@ -60,7 +64,12 @@ class SecAggParams:
         graph_seed: seed of the neighbour graph (deterministic given the sample).
         signed_bound: when set, signed fixed point with room for integer noise
             (:class:`~pftray.privacy.secagg.quantize.SignedQuantization` for sums up to this bound per coordinate)
-            instead of the offset grid over ``[-clip_range, clip_range]``.
+            instead of the offset grid over ``[-clip_range, clip_range]``: clients encode with
+            ``SignedQuantization.for_bound(signed_bound, modulus_bits)`` (nothing is clipped; ``clip_range`` is
+            unused and ``rounding`` must be ``"stochastic"``), may add integer noise
+            (``SecAggClient.masked_input(integer_noise=)``), and the server decodes the sum with the centred lift
+            (no ``num_summed * c`` offset). The caller guarantees that every coordinate of any sum of survivors,
+            rounding and noise included, lies within ``signed_bound``; beyond it the sum wraps.
     """
 
     sample: tuple[int, ...]
@@ -87,12 +96,26 @@ class SecAggParams:
             raise ValueError(
                 f"threshold must be an int in [2, {group}] (share group size = degree + 1), got {self.threshold!r}"
             )
-        self.quantization  # noqa: B018 - validates clip_range, modulus_bits, rounding
+        if self.signed_bound is not None and self.rounding != "stochastic":
+            raise ValueError("signed fixed point (signed_bound) rounds stochastically; rounding must be 'stochastic'")
+        self.quantization  # noqa: B018 - validates clip_range / signed_bound, modulus_bits, rounding
+
+    @property
+    def signed_quantization(self) -> SignedQuantization | None:
+        """The signed fixed point of this round when ``signed_bound`` is set (else ``None``).
+
+        Its ``scale`` converts float units to the integer units of ``SecAggClient.masked_input(integer_noise=)``:
+        a noise standard deviation ``sigma`` (float units) is ``sigma * scale`` integer units.
+        """
+        if self.signed_bound is None:
+            return None
+        return SignedQuantization.for_bound(self.signed_bound, self.modulus_bits)
 
     @property
     def quantization(self) -> QuantizationSpec | SignedQuantization:
+        """The encoding the clients use: :attr:`signed_quantization`, or the offset grid over ``[-c, c]``."""
         if self.signed_bound is not None:
-            return SignedQuantization.for_bound(self.signed_bound, self.modulus_bits)
+            return self.signed_quantization  # type: ignore[return-value]
         return QuantizationSpec(
             clip_range=self.clip_range,
             num_clients=len(self.sample),
@@ -247,6 +270,10 @@ class SecAggServer:
                     f"server: masked input of client {u} has {r.masked.dtype}{r.masked.shape}, "
                     f"expected {dtype}({p.vector_length},)"
                 )
+            if p.modulus_bits not in (32, 64) and (r.masked >> dtype.type(p.modulus_bits)).any():
+                raise SecAggProtocolError(
+                    f"server: masked input of client {u} has words outside [0, 2**{p.modulus_bits})"
+                )
             total += r.masked
         self._require(len(got), "clients sent a masked input")
         self._total = total
@@ -280,23 +307,21 @@ class SecAggServer:
 
         total = self._total
         for u in sorted(u3):
-            seed = self._reconstruct(u, b_shares[u], "self-mask seed b")
-            if seed_commitment(self.session_id, u, seed) != self._b_commit.get(u):
-                raise SecAggAbort(
-                    f"secure aggregation aborted: the self-mask seed of client {u} reconstructed from the shares "
-                    "does not match its commitment (a corrupted or forged share)"
-                )
+            commitment = self._b_commit[u]
+            seed = self._reconstruct(
+                u, b_shares[u], "self-mask seed b",
+                lambda s, u=u, c=commitment: seed_commitment(self.session_id, u, s) == c,
+            )
             total -= P.prg_expand(seed, d, modulus_bits=k)
         for v in sorted(dropped_in):
             masked_with = self.graph[v] & u3
             if not masked_with:
                 continue
-            s_sk = self._reconstruct(v, sk_shares[v], "mask key s_sk")
-            if P.public_key_from_private(s_sk) != self._keys[v][1]:
-                raise SecAggAbort(
-                    f"secure aggregation aborted: reconstructed s_sk of client {v} does not match its s_pk "
-                    "(inconsistent shares)"
-                )
+            # the advertised s_pk is the commitment to s_sk: the reconstruction must regenerate it
+            s_sk = self._reconstruct(
+                v, sk_shares[v], "mask key s_sk",
+                lambda s, pk=self._keys[v][1]: P.public_key_from_private(s) == pk,
+            )
             for u in sorted(masked_with):
                 mask = P.prg_expand(P.agree(s_sk, self._keys[u][1], info=MASK_INFO), d, modulus_bits=k)
                 # y_u carries mask_sign(u, v) * PRG(s_uv); remove it.
@@ -304,7 +329,7 @@ class SecAggServer:
                     total -= mask
                 else:
                     total += mask
-        if k < 32:
+        if k not in (32, 64):
             total &= total.dtype.type((1 << k) - 1)
         self._total = None
         return SecAggOutcome(
@@ -316,7 +341,20 @@ class SecAggServer:
             rejected_shares=tuple(self.rejected),
         )
 
-    def _reconstruct(self, owner: int, shares: dict[int, bytes], what: str) -> bytes:
+    def _reconstruct(self, owner: int, shares: dict[int, bytes], what: str,
+                     matches: Callable[[bytes], bool]) -> bytes:
+        """Reconstruct ``owner``'s secret and check it against the owner's commitment (``matches``).
+
+        The ``threshold`` shares with the smallest x-coordinates are tried first (the only attempt when nothing
+        is corrupted). If the result does not match the commitment and spare shares exist, other subsets of
+        ``threshold`` shares are tried (at most :data:`_MAX_RECOVERY_ATTEMPTS`); the first matching one gives
+        the secret (the commitment is binding, so it is the owner's). The holders of shares inconsistent with
+        it are recorded in :attr:`rejected` when they can be told apart: with at most ``(m - t + 1) / 2`` of the
+        ``m`` shares corrupted exactly the corrupting holders are named (nobody is named beyond that radius unless
+        the corrupted shares form a qualified majority, which no server can tell from honesty without verifiable
+        secret sharing). Without a matching subset the round aborts with :class:`SecAggAbort` naming the owner:
+        a corrupted share never changes the sum.
+        """
         t = self.params.threshold
         valid = {}
         expected = P.share_nbytes(P.SEED_BYTES)
@@ -334,7 +372,86 @@ class SecAggServer:
                 f"secure aggregation aborted: only {len(valid)} valid shares of the {what} of client {owner}, "
                 f"below the threshold t={t}; rejected: {[r for r in self.rejected if r.owner == owner]}"
             )
-        try:
-            return P.shamir_reconstruct(valid, threshold=t, secret_bytes=P.SEED_BYTES)
-        except ValueError as exc:
-            raise SecAggAbort(f"secure aggregation aborted: {what} of client {owner}: {exc}") from exc
+        xs = sorted(valid)
+
+        def attempt(subset: tuple[int, ...]) -> bytes | None:
+            try:
+                secret = P.shamir_reconstruct({x: valid[x] for x in subset}, threshold=t,
+                                              secret_bytes=P.SEED_BYTES)
+            except ValueError:  # an interpolated chunk out of range: inconsistent shares
+                return None
+            return secret if matches(secret) else None
+
+        first = tuple(xs[:t])
+        secret = attempt(first)
+        if secret is not None:
+            return secret
+
+        def subsets():  # exclude ``extra`` of the first ``t + extra`` shares, extra = 1, 2, ...
+            seen = {first}
+            for extra in range(1, len(xs) - t + 1):
+                window = xs[: t + extra]
+                for excluded in combinations(window, extra):
+                    subset = tuple(x for x in window if x not in excluded)
+                    if subset not in seen:
+                        seen.add(subset)
+                        yield subset
+
+        attempts, recovered = 1, None
+        for subset in subsets():
+            if attempts >= _MAX_RECOVERY_ATTEMPTS:
+                break
+            attempts += 1
+            found = attempt(subset)
+            if found is None:
+                continue
+            recovered = found  # the commitment binds the value: this is the owner's secret
+            # Name the bad holders only for a polynomial agreeing with a qualified majority of the shares:
+            # two distinct degree-(t-1) polynomials through the same secret agree on at most t - 2 other points,
+            # so at most one can agree with more than (m + t - 2) / 2 of the m shares; when at most
+            # (m - t + 1) / 2 shares are corrupted that one is the owner's, and the named holders are exactly
+            # those whose shares were corrupted.
+            basis = {x: valid[x] for x in subset}
+            bad = [x for x in xs if x not in basis and P.shamir_evaluate(basis, at=x) != valid[x]]
+            if 2 * (len(xs) - len(bad)) > len(xs) + t - 2:
+                for x in bad:
+                    self.rejected.append(RejectedShare(
+                        holder=x - 1, owner=owner,
+                        reason=f"share inconsistent with the {what} committed by client {owner}",
+                    ))
+                return recovered
+        if recovered is None:
+            raise SecAggAbort(
+                f"secure aggregation aborted: the {what} of client {owner} reconstructed from the shares does not "
+                f"match its commitment (a corrupted or forged share); {len(xs)} shares for threshold t={t}, "
+                f"{attempts} subsets tried"
+            )
+        return recovered  # correct secret, but too many bad shares to tell who holds them
+        attempts, chosen = 1, None
+        for extra in range(1, len(xs) - t + 1):  # exclude ``extra`` of the first t + extra shares
+            window = xs[: t + extra]
+            for excluded in combinations(window, extra):
+                if attempts >= _MAX_RECOVERY_ATTEMPTS:
+                    break
+                subset = tuple(x for x in window if x not in excluded)
+                attempts += 1
+                secret = attempt(subset)
+                if secret is not None:
+                    chosen = subset
+                    break
+            if chosen is not None or attempts >= _MAX_RECOVERY_ATTEMPTS:
+                break
+        if chosen is None:
+            raise SecAggAbort(
+                f"secure aggregation aborted: the {what} of client {owner} reconstructed from the shares does not "
+                f"match its commitment (a corrupted or forged share); {len(xs)} shares for threshold t={t}, "
+                f"{attempts} subsets tried"
+            )
+        basis = {x: valid[x] for x in chosen}
+        for x in xs:
+            if x not in basis and P.shamir_evaluate(basis, at=x) != valid[x]:
+                self.rejected.append(RejectedShare(
+                    holder=x - 1, owner=owner,
+                    reason=f"share inconsistent with the {what} committed by client {owner}",
+                ))
+        return secret
