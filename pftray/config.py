@@ -56,7 +56,6 @@ class DataConfig:
     audio_window: int = _f(16, "mel frames (10 ms each) in the audio window around a video frame", range=(2, 256))
     public_identities: int = _f(32, "disjoint identities for backbone pre-training", range=(1, 100_000))
     public_clips_per_identity: int = _f(4, "clips per public identity", range=(1, 10_000))
-    cache_dir: str = _f("", "where client shards are cached ('' = <run>/clients)")
 
 
 @dataclass(frozen=True)
@@ -81,7 +80,6 @@ class ModelConfig:
     num_train_timesteps: int = _f(1000, "DDPM training timesteps", range=(10, 10_000))
     beta_schedule: str = _f("squaredcos_cap_v2", "noise schedule", choices=("linear", "scaled_linear",
                                                                           "squaredcos_cap_v2"))
-    sample_steps: int = _f(10, "DDIM steps when sampling", range=(1, 1000))
     audio_dropout: float = _f(0.0, "share of training clips whose audio tokens are replaced by learned null tokens "
                               "(pre-training and clients), which lets sampling use classifier-free guidance on the "
                               "audio; > 0 adds the null tokens to the backbone", range=(0.0, 1.0))
@@ -211,7 +209,6 @@ class EvalConfig:
     clips: int = _f(1, "held-out clips per client in evaluation", range=(1, 1000))
     frames: int = _f(8, "frames generated per evaluated clip", range=(1, 10_000))
     sample_steps: int = _f(10, "DDIM steps when evaluating", range=(1, 1000))
-    save_videos: bool = _f(True, "write mp4 samples with audio")
     id_encoder: str = _f("", "SynthIdentityEncoder file for id_sim_synth ('' = not computed)")
 
 
@@ -385,7 +382,22 @@ def config_from_dict(data: Mapping[str, Any]) -> Config:
         data = {}
     if not isinstance(data, Mapping):
         raise ConfigError(f"<root>: expected a mapping of sections, got {type(data).__name__}")
-    return _build(Config, data, "")
+    return _build(Config, _drop_removed(data), "")
+
+
+#: keys that once existed but never did anything; old run directories still carry them in config.yaml, so they are
+#: dropped (not rejected) when read. Sampling steps live in eval.sample_steps.
+REMOVED_KEYS = {"model": ("sample_steps",), "eval": ("save_videos",), "data": ("cache_dir",)}
+
+
+def _drop_removed(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    if not any(isinstance(data.get(sec), Mapping) and set(keys) & set(data[sec]) for sec, keys in REMOVED_KEYS.items()):
+        return data
+    out = dict(data)
+    for sec, keys in REMOVED_KEYS.items():
+        if isinstance(out.get(sec), Mapping):
+            out[sec] = {k: v for k, v in out[sec].items() if k not in keys}
+    return out
 
 
 _YAML12_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")

@@ -19,7 +19,7 @@ def _tree_digest(path):
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    cfg = tiny_config(**{"fed.rounds": 2, "eval.save_videos": False})
+    cfg = tiny_config(**{"fed.rounds": 2})
     run, summary = run_federated(cfg, out=str(tmp_path_factory.mktemp("resume") / "run"), use_ray=False)
     assert summary["status"] == "done" and summary["rounds"] == 2
     return run.path
@@ -51,7 +51,7 @@ def test_resume_of_a_finished_run_prints_complete_and_changes_nothing(finished_r
 
 def test_only_a_run_with_every_round_done_counts_as_finished(finished_run, tmp_path):
     run = RunDir(finished_run)
-    cfg = tiny_config(**{"fed.rounds": 2, "eval.save_videos": False})
+    cfg = tiny_config(**{"fed.rounds": 2})
     meta = run.read_meta()
     assert finished_summary(run, cfg)["rounds"] == 2
     assert finished_summary(run, cfg.replace(**{"fed.rounds": 3})) is None  # a round left

@@ -93,3 +93,14 @@ def test_cli_bad_config_exits_2_without_traceback(tmp_path):
     res = subprocess.run([sys.executable, "-m", "pftray.cli", "run", str(bad), "--set", "fed.rounds=2",
                           "--set", "fed.mu=x", "--local"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "fed.mu: expected a number, got 'x'" in res.stderr
+
+
+def test_removed_keys_are_gone_but_old_run_configs_still_load():
+    from pftray.config import REMOVED_KEYS, config_from_dict
+
+    cfg = config_from_dict({"model": {"sample_steps": 7}, "eval": {"save_videos": False, "sample_steps": 3},
+                            "data": {"cache_dir": "x"}})
+    assert cfg.eval.sample_steps == 3
+    for sec, keys in REMOVED_KEYS.items():
+        for k in keys:
+            assert not hasattr(getattr(cfg, sec), k)

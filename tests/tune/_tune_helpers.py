@@ -37,7 +37,6 @@ TINY_BASE: dict[str, Any] = {
         "unet_channels": [32, 32],
         "attention_head_dim": 8,
         "cross_attention_dim": 32,
-        "sample_steps": 1,
     },
     "lora": {"shared_rank": 2, "identity_rank": 2},
     "train": {"local_steps": 1, "batch_clips": 1, "window": 2},
@@ -52,7 +51,7 @@ TINY_BASE: dict[str, Any] = {
     },
     "privacy": {"clipping_norm": 1.0},
     "runtime": {"num_cpus": 2, "round_timeout_s": 240.0},
-    "eval": {"clips": 1, "frames": 2, "sample_steps": 1, "save_videos": False},
+    "eval": {"clips": 1, "frames": 2, "sample_steps": 1},
 }
 
 
