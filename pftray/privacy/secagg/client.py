@@ -56,8 +56,11 @@ class SecAggClient:
 
     Args:
         client_id: this client's id (must match the server's sample).
-        rng: generator for stochastic rounding in quantisation (OS entropy when ``None``). Cryptographic
-            material (keys, self-mask seed, Shamir coefficients) always comes from the OS CSPRNG.
+        rng: generator for stochastic rounding in quantisation only (OS entropy when ``None``). Cryptographic
+            material (X25519 key pairs, self-mask seed ``b``, Shamir coefficients, AEAD nonces) always comes from
+            the OS CSPRNG (``cryptography``'s key generation, ``os.urandom``, ``secrets``) and is never drawn from
+            ``rng``, so a generator seeded from a public experiment seed cannot regenerate keys or masks. There is
+            no deterministic-key mode.
     """
 
     def __init__(self, client_id: int, *, rng: np.random.Generator | None = None) -> None:
@@ -175,7 +178,7 @@ class SecAggClient:
                 y += mask
             else:
                 y -= mask
-        if k < 32:
+        if k not in (32, 64):  # uint32/uint64 wrap natively; any other k must be reduced or y leaks carries
             y &= y.dtype.type((1 << k) - 1)
         self._inbox = dict(msg.ciphertexts)
         self._b_seed = b""
