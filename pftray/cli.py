@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,20 +35,87 @@ def _load(args, *, check_paths: bool = True) -> Any:
     return load_config(args.config, args.set or [], check_paths=check_paths)
 
 
-def _fmt_eta(elapsed: float, done: int, total: int) -> str:
-    if done <= 0:
-        return "?"
-    return f"{elapsed / done * (total - done):.0f}s"
+#: library warnings that every process hosting a model repeats (peft warns when the second of our two adapters,
+#: shared and identity, is added: that is the design): never shown by Ray's processes, whose output reaches the
+#: console asynchronously, after the run's summary
+QUIET_IN_WORKERS = ("Already found a `peft_config` attribute in the model",)
+
+
+def quiet_library_warnings() -> None:
+    """Each library warning at most once in this process (by message, wherever it is raised), and those of
+    :data:`QUIET_IN_WORKERS` not at all in the processes Ray starts from this one (``PYTHONWARNINGS`` is how the
+    filter reaches them: a local Ray instance starts its workers with this environment)."""
+    warnings.filterwarnings("once", category=UserWarning)
+    have = [w for w in os.environ.get("PYTHONWARNINGS", "").split(",") if w]
+    want = [f"ignore:{m}" for m in QUIET_IN_WORKERS]
+    os.environ["PYTHONWARNINGS"] = ",".join(have + [w for w in want if w not in have])
+
+
+class EtaEstimator:
+    """Seconds left in a run, from the durations of the rounds this process ran after its first one.
+
+    The first round a process runs also pays for start-up (Ray, worker actors, model build, compilation), so it
+    says little about the rounds after it: the estimate is ``mean(duration of round k, k > first) * rounds
+    left``, with the duration of round ``k`` the time between the ends of rounds ``k - 1`` and ``k``. A resumed
+    run counts only the rounds of this process. When a report skips rounds (the Ray driver is polled), each
+    skipped round is charged an equal share of the gap."""
+
+    def __init__(self) -> None:
+        self.durations: list[float] = []
+        self._last: tuple[int, float] | None = None  # (round, time) of the latest report
+
+    def observe(self, server_round: int, t: float) -> None:
+        """Round ``server_round`` ended at time ``t`` (seconds on any monotonic clock)."""
+        if self._last is not None and server_round <= self._last[0]:
+            return
+        if self._last is not None:
+            k = server_round - self._last[0]
+            self.durations += [(t - self._last[1]) / k] * k
+        self._last = (server_round, t)
+
+    def eta(self, total_rounds: int) -> float | None:
+        """Seconds for the rounds left after the latest one; None until a round after the first has ended."""
+        if not self.durations or self._last is None:
+            return None
+        return sum(self.durations) / len(self.durations) * max(0, total_rounds - self._last[0])
+
+
+def _fmt_s(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    return f"{seconds / 60:.0f}min" if seconds < 7200 else f"{seconds / 3600:.1f}h"
 
 
 class RoundPrinter:
-    def __init__(self, start_round: int = 0):
-        self.t0 = time.perf_counter()
-        self.start = start_round
+    """``pftray run``'s progress: one line per finished client (:meth:`client_done`, which the pool calls as each
+    fit report arrives) and one per finished round (``__call__``, with an :class:`EtaEstimator` ETA)."""
+
+    def __init__(self, *, clock=time.perf_counter, file=None):
+        self.clock = clock
+        self.t0 = clock()
+        self.file = file
+        self.eta = EtaEstimator()
+
+    def _print(self, line: str) -> None:
+        print(line, file=self.file if self.file is not None else sys.stdout, flush=True)
+
+    def client_done(self, rep: dict[str, Any]) -> None:
+        fit = rep.get("fit_s")  # absent under secure aggregation
+        line = (f"  round {rep.get('server_round', '?')} client {rep.get('client_id', '?')}: "
+                f"{rep.get('status', '?')}, fit {f'{fit:.1f}s' if isinstance(fit, (int, float)) else 'n/a'} "
+                f"on {rep.get('worker', '?')}")
+        if "n_done" in rep and "n_clients" in rep:
+            line += f" ({rep['n_done']}/{rep['n_clients']})"
+        if rep.get("status") not in (None, "ok") and rep.get("message"):
+            line += f" [{str(rep['message'])[:120]}]"
+        self._print(line)
 
     def __call__(self, row: dict[str, Any]) -> None:
         r, n = row.get("server_round", 0), row.get("rounds", 0)
-        elapsed = time.perf_counter() - self.t0
+        now = self.clock()
+        self.eta.observe(r, now)
+        eta = self.eta.eta(n)
         parts = [f"round {r}/{n}", f"loss {row.get('train_loss', math.nan):.4f}",
                  f"val {row.get('val_loss', math.nan):.4f}",
                  f"clients ok {row.get('n_ok', 0)}/{row.get('n_sampled', 0)} failed {row.get('n_failed', 0)}"]
@@ -54,10 +123,12 @@ class RoundPrinter:
             parts.append(f"eps {row['epsilon']:.2f}")
         if "psnr" in row:
             parts.append(f"psnr {row['psnr']:.2f} lip_sync {row.get('lip_sync', math.nan):.2f}")
-        parts.append(f"elapsed {elapsed:.0f}s eta {_fmt_eta(elapsed, r - self.start, n - self.start)}")
+        parts.append(f"elapsed {_fmt_s(now - self.t0)} eta "
+                     + (_fmt_s(eta) if eta is not None else "after the next round (the first includes start-up)"))
         if row.get("status") not in (None, "ok"):
             parts.append(f"[{row['status']}: {row.get('message', '')}]")
-        print(" | ".join(parts), flush=True)
+        self._print(" | ".join(parts))
+
 
 
 # ---------------------------------------------------------------------------------------------- commands
@@ -81,6 +152,7 @@ def cmd_run(args) -> int:
             raise InputError("pftray run needs CONFIG (or --resume DIR)")
         cfg = _load(args)
         run, summary = run_federated(cfg, out=args.out, use_ray=not args.local, progress=RoundPrinter())
+    sys.stderr.flush()  # what libraries warned during the run comes before the summary
     print_run_summary(run.path, summary)
     return 0
 
@@ -271,10 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def dispatch(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen command; every error becomes one line on stderr and its exit code."""
-    import os
-
     args = parser.parse_args(argv)
     command = getattr(args, "command", "")
+    quiet_library_warnings()
     try:
         return int(args.fn(args) or 0)
     except KeyboardInterrupt:

@@ -2,10 +2,15 @@
 
 Clients map to hosts by ``client_id % len(hosts)``; the Ray pool (:mod:`pftray.runtime.pool`) keeps the same
 contract with actors instead of objects.
+
+Both pools call an optional ``on_client_done(report)`` as each client's fit report reaches the driver (the
+report the driver gets anyway, plus ``server_round``, ``n_done`` and ``n_clients`` of the round): progress
+printing, nothing else.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -20,17 +25,34 @@ def group_by_host(ids, num_hosts: int) -> dict[int, list[int]]:
     return groups
 
 
+def notify_client_done(hook: Callable[[dict[str, Any]], None] | None, reports: list[dict[str, Any]], *,
+                       server_round: int, n_done: int, n_clients: int) -> None:
+    """Call ``hook`` once per report (a copy with the round and the round's progress); a no-op without a hook."""
+    if hook is None:
+        return
+    for i, rep in enumerate(reports, start=n_done - len(reports) + 1):
+        hook({**rep, "server_round": server_round, "n_done": i, "n_clients": n_clients})
+
+
 class LocalPool:
     def __init__(self, hosts: list[ClientHost]):
         if not hosts:
             raise ValueError("LocalPool needs at least one host")
         self.hosts = hosts
+        self.on_client_done: Callable[[dict[str, Any]], None] | None = None
 
     def fit(self, ids: list[int], global_shared: np.ndarray, server_round: int,
             round_cfg: dict[str, Any]) -> list[dict[str, Any]]:
-        reports = []
+        reports: list[dict[str, Any]] = []
         for h, group in group_by_host(ids, len(self.hosts)).items():
-            reports += self.hosts[h].fit(group, global_shared, server_round, round_cfg)
+            if self.on_client_done is None:
+                reports += self.hosts[h].fit(group, global_shared, server_round, round_cfg)
+                continue
+            for cid in group:  # one client per call, so that each report is seen as soon as it exists
+                reps = self.hosts[h].fit([cid], global_shared, server_round, round_cfg)
+                reports += reps
+                notify_client_done(self.on_client_done, reps, server_round=server_round, n_done=len(reports),
+                                   n_clients=len(ids))
         return reports
 
     def contribute(self, scales: dict[int, float | None], **kw: Any) -> tuple[np.ndarray, dict[int, dict[str, Any]]]:

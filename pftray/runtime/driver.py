@@ -73,6 +73,7 @@ def run_local(cfg: Config, run: RunDir, *, num_hosts: int = 1,
     from pftray.fed.pool import LocalPool
 
     pool = LocalPool([ClientHost(cfg, str(run.path), worker=f"local-{i}") for i in range(num_hosts)])
+    pool.on_client_done = getattr(progress, "client_done", None)  # per-client lines of the CLI's RoundPrinter
     return make_server(cfg, run, pool, progress).run_rounds()
 
 
@@ -87,6 +88,7 @@ def _driver_class():
             self.cfg = config_from_dict(cfg_dict)
             self.run = RunDir(run_dir)
             self.latest: dict[str, Any] = {}
+            self.client_events: list[dict[str, Any]] = []  # fit reports not yet fetched by poll()
             self.lock = threading.Lock()
 
         def _progress(self, row: dict[str, Any]) -> None:
@@ -97,10 +99,21 @@ def _driver_class():
             with self.lock:
                 return dict(self.latest)
 
+        def _client_done(self, report: dict[str, Any]) -> None:
+            with self.lock:
+                self.client_events.append(dict(report))
+
+        def poll(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+            """The latest round row and the client reports since the last poll, read together."""
+            with self.lock:
+                events, self.client_events = self.client_events, []
+                return dict(self.latest), events
+
         def run_rounds(self) -> dict[str, Any]:
             from pftray.runtime.pool import RayPool
 
             pool = RayPool(self.cfg, str(self.run.path))
+            pool.on_client_done = self._client_done
             try:
                 summary = make_server(self.cfg, self.run, pool, self._progress).run_rounds()
                 summary["placement"] = pool.placement()
@@ -139,13 +152,20 @@ def run_ray(cfg: Config, run: RunDir, *, progress: Callable[[dict[str, Any]], No
     driver = _driver_class().options(num_cpus=0).remote(cfg.to_dict(), str(run.path))
     ref = driver.run_rounds.remote()
     last = None
+    client_done = getattr(progress, "client_done", None)
     while True:
         ready, _ = ray.wait([ref], timeout=poll_s)
         if progress is not None:
-            row = ray.get(driver.progress.remote())
-            if row and row.get("server_round") != last:
-                last = row.get("server_round")
+            row, events = ray.get(driver.poll.remote())
+            new = bool(row) and row.get("server_round") != last
+            for ev in events if client_done is not None else []:
+                if new and ev["server_round"] > row["server_round"]:  # the round's line before the next round's
+                    progress(row)
+                    new = False
+                client_done(ev)
+            if new:
                 progress(row)
+            last = row.get("server_round", last) if row else last
         if ready:
             return ray.get(ref)
 

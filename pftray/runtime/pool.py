@@ -130,6 +130,13 @@ def chunk_size(remaining: int, workers: int) -> int:
     return max(1, -(-remaining // (2 * workers)))
 
 
+def _notify(hook, reports: list[dict], **kw: Any) -> None:
+    if hook is not None:  # imported here: importing this module stays torch-free
+        from pftray.fed.pool import notify_client_done
+
+        notify_client_done(hook, reports, **kw)
+
+
 class RayPool:
     """The driver's view of the worker actors; same contract as :class:`pftray.fed.pool.LocalPool`."""
 
@@ -149,6 +156,7 @@ class RayPool:
             for wi in range(tier.num_workers):
                 self.workers[(ti, wi)] = self._spawn(ti, wi)
         self._trained_on: dict[int, tuple[int, int]] = {}  # this round: client -> the worker holding its delta
+        self.on_client_done = None  # optional: called with each fit report as it arrives (pftray.fed.pool)
         if cfg.runtime.dispatch == "dynamic":
             try:
                 self.check_shared_run_dir()
@@ -240,7 +248,10 @@ class RayPool:
                                 for k, g in groups.items()})
             for key, reps in res.items():
                 self._trained_on.update({int(r["client_id"]): key for r in reps})
-            return [rep for reps in res.values() for rep in reps]
+            reports = [rep for reps in res.values() for rep in reps]
+            _notify(self.on_client_done, reports, server_round=server_round, n_done=len(reports),
+                    n_clients=len(ids))  # static: one wait for all workers, so all at once
+            return reports
         return self._fit_dynamic([int(c) for c in ids], ref, server_round, round_cfg)
 
     def _fit_dynamic(self, ids: list[int], ref, server_round: int, round_cfg: dict[str, Any]) -> list[dict]:
@@ -284,6 +295,8 @@ class RayPool:
             for rep in reps:
                 self._trained_on[int(rep["client_id"])] = key
             reports.extend(reps)
+            _notify(self.on_client_done, reps, server_round=server_round, n_done=len(reports),
+                    n_clients=len(ids))
             submit(key)
         for key in {k for k, _ in inflight.values()}:  # left after the round timeout
             self._replace_late(key)
