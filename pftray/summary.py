@@ -22,6 +22,16 @@ def eval_table(ev: pd.DataFrame, server_round: int | None = None) -> pd.DataFram
     return ev[ev["server_round"] == r].groupby("model")[cols].mean()
 
 
+def unreliable_line(cfg: dict[str, Any]) -> str:
+    """Which clients have corrupted training data (ground truth for analysis; the server never sees it)."""
+    from pftray.evaluation.ground_truth import describe, unreliable_clients
+
+    try:
+        return describe(unreliable_clients(cfg), (cfg.get("data") or {}).get("num_clients"))
+    except Exception:  # noqa: BLE001 - the summary of an odd run still prints
+        return ""
+
+
 def print_run_summary(path: str | Path, summary: dict[str, Any]) -> None:
     run = load_run(path)
     rounds = run["rounds"]
@@ -34,6 +44,9 @@ def print_run_summary(path: str | Path, summary: dict[str, Any]) -> None:
         print(f"train loss    : {first['train_loss']:.4f} (round 1) -> {last['train_loss']:.4f} "
               f"(round {int(last['server_round'])});  val loss {first['val_loss']:.4f} -> {last['val_loss']:.4f}")
         print(f"clients       : {int(rounds['n_ok'].sum())} ok / {int(rounds['n_failed'].sum())} failed updates")
+        gt = unreliable_line(run["config"])
+        if gt:
+            print(f"ground truth  : {gt}")
         if "epsilon" in rounds and rounds["epsilon"].notna().any():
             print(f"privacy       : epsilon {rounds['epsilon'].iloc[-1]:.3f} "
                   f"(delta {run['config']['privacy']['target_delta']}, client-level)")

@@ -102,6 +102,19 @@ def labelled_grid(
     return np.concatenate([np.asarray(col), grid], axis=1)
 
 
+def label_rows(image: np.ndarray, labels: Sequence[str], *, scale: int = 1, label_width: int = 96) -> np.ndarray:
+    """A grid image ``[H, W, 3]`` made of ``len(labels)`` rows of equal height, upscaled by ``scale``, with each
+    row's label on its left (as :func:`labelled_grid` draws it)."""
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[-1] != 3:
+        raise ValueError(f"image must be uint8 [H, W, 3], got {arr.dtype} {arr.shape}")
+    if not labels or arr.shape[0] % len(labels):
+        raise ValueError(f"an image {arr.shape[0]} pixels high does not split into {len(labels)} equal rows")
+    rows = np.split(arr, len(labels), axis=0)
+    return labelled_grid([(name, row[None]) for name, row in zip(labels, rows)], scale=scale,
+                         label_width=label_width)
+
+
 def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
 
