@@ -46,7 +46,9 @@ from pftray.privacy.secagg.messages import (
     neighbour_graph,
 )
 from pftray.privacy.secagg.quantize import (
+    MAX_MODULUS_BITS,
     QuantizationSpec,
+    SignedQuantization,
     dequantize_sum,
     quantization_error_bound,
     quantize,
@@ -54,6 +56,7 @@ from pftray.privacy.secagg.quantize import (
 from pftray.privacy.secagg.server import SecAggOutcome, SecAggParams, SecAggServer
 
 __all__ = [
+    "MAX_MODULUS_BITS",
     "STAGES",
     "AdvertiseKeys",
     "KeyDirectory",
@@ -70,6 +73,7 @@ __all__ = [
     "SetupMessage",
     "ShareDelivery",
     "ShareKeys",
+    "SignedQuantization",
     "UnmaskReply",
     "UnmaskRequest",
     "benchmark_secagg",

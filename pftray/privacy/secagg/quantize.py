@@ -17,6 +17,13 @@ Error bound (per coordinate, on the dequantised SUM of ``m`` clipped vectors), s
 
 Clipping to ``[-c, c]`` is a separate, data-dependent error that the bound does not include; with DP
 clipping of the L2 norm to ``C`` choosing ``c >= C`` makes it zero.
+
+:class:`SignedQuantization` is the alternative signed encoding for distributed discrete DP: ``x * scale`` is
+rounded stochastically to an integer, integer noise may be added, and the modular sum is lifted to the centred
+range ``(-2**(k-1), 2**(k-1)]``. It does not clip: the caller guarantees the bound on every sum it decodes.
+
+The modulus is limited to ``k <= MAX_MODULUS_BITS`` (53) in both encodings, the config key being
+``privacy.secagg_modulus_bits``.
 """
 
 from __future__ import annotations
@@ -43,6 +50,15 @@ MAX_MODULUS_BITS = 53
 Rounding = Literal["stochastic", "deterministic"]
 
 
+def _check_modulus_bits(modulus_bits: object) -> None:
+    """``ValueError`` naming the config key unless ``modulus_bits`` is an int in ``[2, MAX_MODULUS_BITS]``."""
+    if isinstance(modulus_bits, bool) or not isinstance(modulus_bits, int) \
+            or not 2 <= modulus_bits <= MAX_MODULUS_BITS:
+        # float64 represents every integer below 2**53 exactly; a wider modulus would break the exact decoding
+        raise ValueError(f"privacy.secagg_modulus_bits (modulus_bits) must be an int in [2, {MAX_MODULUS_BITS}], "
+                         f"got {modulus_bits!r}")
+
+
 @dataclass(frozen=True)
 class QuantizationSpec:
     """Parameters of the fixed-point grid shared by the server and every client of one round.
@@ -64,10 +80,7 @@ class QuantizationSpec:
             raise ValueError(f"clip_range must be a finite positive float, got {self.clip_range!r}")
         if not isinstance(self.num_clients, int) or self.num_clients < 1:
             raise ValueError(f"num_clients must be a positive int, got {self.num_clients!r}")
-        if not isinstance(self.modulus_bits, int) or not 2 <= self.modulus_bits <= MAX_MODULUS_BITS:
-            # float64 represents every integer below 2**53 exactly; wider grids would break the error bound.
-            raise ValueError(f"privacy.secagg_modulus_bits (modulus_bits) must be an int in [2, {MAX_MODULUS_BITS}], "
-                             f"got {self.modulus_bits!r}")
+        _check_modulus_bits(self.modulus_bits)
         if self.rounding not in ("stochastic", "deterministic"):
             raise ValueError(f"rounding must be 'stochastic' or 'deterministic', got {self.rounding!r}")
         if self.levels < 1:
@@ -141,16 +154,21 @@ class SignedQuantization:
     modulus_bits: int
 
     def __post_init__(self) -> None:
-        if not isinstance(self.modulus_bits, int) or not 2 <= self.modulus_bits <= MAX_MODULUS_BITS:
-            raise ValueError(f"privacy.secagg_modulus_bits must be an int in [2, {MAX_MODULUS_BITS}], "
-                             f"got {self.modulus_bits!r}")
+        _check_modulus_bits(self.modulus_bits)
         if not (np.isfinite(self.scale) and self.scale >= 1):
             raise ValueError(f"scale must be finite and >= 1, got {self.scale!r}")
 
     @classmethod
     def for_bound(cls, bound: float, modulus_bits: int) -> SignedQuantization:
-        """The largest integer scale at which any sum with ``|value| <= bound`` per coordinate lifts back exactly."""
-        if not (np.isfinite(bound) and bound > 0):
+        """The largest integer scale at which any sum with ``|value| <= bound`` per coordinate lifts back exactly.
+
+        ``scale = floor((2**(k-1) - 1) / bound)``: an integer sum ``S`` with ``|S| <= bound * scale <= 2**(k-1) - 1``
+        lies inside the lift's range. ``bound`` must cover the stochastic rounding (up to one integer unit per
+        summand) and the integer noise; a ``scale`` below 1 raises ``ValueError`` (raise the modulus).
+        """
+        _check_modulus_bits(modulus_bits)
+        if isinstance(bound, bool) or not isinstance(bound, int | float | np.integer | np.floating) \
+                or not (np.isfinite(bound) and bound > 0):
             raise ValueError(f"bound must be finite and > 0, got {bound!r}")
         scale = float(((1 << (modulus_bits - 1)) - 1) // bound)
         if scale < 1:
@@ -165,6 +183,9 @@ class SignedQuantization:
         if not np.all(np.isfinite(x)):
             raise ValueError("encode: input contains NaN or inf")
         v = x * self.scale
+        if v.size and np.max(np.abs(v)) >= 2.0**62:
+            raise ValueError(f"encode: |x| * scale reaches 2**62 (max |x| = {np.max(np.abs(x)):g}), far beyond "
+                             f"the range of a 2**{self.modulus_bits} modulus")
         q = np.floor(v)
         q += rng.random(v.shape) < (v - q)
         q = q.astype(np.int64)
