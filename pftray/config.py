@@ -145,7 +145,7 @@ class FedConfig:
     server_optimizer: str = _f("sgd", "server optimiser on the aggregated delta", choices=("sgd", "adam"))
     server_beta1: float = _f(0.9, "FedAdam beta1", range=(0.0, 1.0))
     server_beta2: float = _f(0.99, "FedAdam beta2", range=(0.0, 1.0))
-    server_eps: float = _f(1e-3, "FedAdam tau (adaptivity)", range=(0.0, 1.0))
+    server_tau: float = _f(1e-3, "FedAdam tau (adaptivity; was fed.server_eps)", range=(0.0, 1.0))
     max_update_norm: float = _f(1e3, "updates with a larger L2 norm are rejected as absurd", range=(0.0, None))
     eval_every: int = _f(5, "personalised evaluation every k rounds (0 = only at the end)", range=(0, 1_000_000))
     eval_clients: int = _f(4, "clients evaluated at each evaluation", range=(1, 1_000_000))
@@ -388,15 +388,24 @@ def config_from_dict(data: Mapping[str, Any]) -> Config:
 #: keys that once existed but never did anything; old run directories still carry them in config.yaml, so they are
 #: dropped (not rejected) when read. Sampling steps live in eval.sample_steps.
 REMOVED_KEYS = {"model": ("sample_steps",), "eval": ("save_videos",), "data": ("cache_dir",)}
+#: keys renamed (old name -> new name), read under their old name from old run directories
+RENAMED_KEYS = {"fed": {"server_eps": "server_tau"}}
 
 
 def _drop_removed(data: Mapping[str, Any]) -> Mapping[str, Any]:
-    if not any(isinstance(data.get(sec), Mapping) and set(keys) & set(data[sec]) for sec, keys in REMOVED_KEYS.items()):
+    touched = set(REMOVED_KEYS) | set(RENAMED_KEYS)
+    if not any(isinstance(data.get(sec), Mapping) for sec in touched):
         return data
     out = dict(data)
-    for sec, keys in REMOVED_KEYS.items():
+    for sec in touched:
         if isinstance(out.get(sec), Mapping):
-            out[sec] = {k: v for k, v in out[sec].items() if k not in keys}
+            section = {k: v for k, v in out[sec].items() if k not in REMOVED_KEYS.get(sec, ())}
+            for old, new in RENAMED_KEYS.get(sec, {}).items():
+                if old in section:
+                    if new in section:
+                        raise ConfigError(f"{sec}.{old}: renamed to {sec}.{new}; give only {sec}.{new}")
+                    section[new] = section.pop(old)
+            out[sec] = section
     return out
 
 

@@ -243,7 +243,7 @@ class ClientHost:
 
         replies = {}
         for cid, msg in messages.items():
-            if stage == "setup":
+            if stage == "advertise_keys":  # the client answers the setup message with its public keys
                 self.secagg[cid] = SecAggClient(cid)
                 replies[cid] = self.secagg[cid].setup(msg)
             elif stage == "share_keys":

@@ -286,7 +286,7 @@ class FederatedServer:
                                   graph_seed=graph_seed)
         server = SecAggServer(params)
         msgs = server.setup()
-        replies = self.pool.secagg_stage("setup", msgs, **kw)
+        replies = self.pool.secagg_stage("advertise_keys", msgs, **kw)
         up = sum(len(pickle.dumps(x)) for x in replies.values())
         msgs = server.advertise_keys(replies.values())
         replies = self.pool.secagg_stage("share_keys", msgs, **kw)

@@ -162,7 +162,7 @@ class ServerOptimizer:
 
     @classmethod
     def from_config(cls, cfg: FedConfig) -> ServerOptimizer:
-        return cls(cfg.server_optimizer, cfg.server_lr, cfg.server_beta1, cfg.server_beta2, cfg.server_eps)
+        return cls(cfg.server_optimizer, cfg.server_lr, cfg.server_beta1, cfg.server_beta2, cfg.server_tau)
 
     def step(self, weights: np.ndarray, delta: np.ndarray) -> np.ndarray:
         if delta.shape != weights.shape:

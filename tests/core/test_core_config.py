@@ -104,3 +104,11 @@ def test_removed_keys_are_gone_but_old_run_configs_still_load():
     for sec, keys in REMOVED_KEYS.items():
         for k in keys:
             assert not hasattr(getattr(cfg, sec), k)
+
+
+def test_renamed_key_server_eps_reads_as_server_tau():
+    from pftray.config import config_from_dict
+
+    assert config_from_dict({"fed": {"server_eps": 0.01}}).fed.server_tau == 0.01
+    with pytest.raises(ConfigError, match="server_tau"):
+        config_from_dict({"fed": {"server_eps": 0.01, "server_tau": 0.02}})
