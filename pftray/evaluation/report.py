@@ -37,7 +37,7 @@ import pandas as pd
 
 from pftray.errors import InputError
 from pftray.evaluation.ground_truth import UNRELIABLE_COL, describe, label_clients, unreliable_clients
-from pftray.results import atomic_write_text
+from pftray.results import RunDir, atomic_write_text
 
 REPORT_SUBDIR = "report"
 ROUND_METRICS = ("psnr", "ssim", "mouth_psnr", "lip_sync", "jitter", "lpips", "id_sim_synth")
@@ -281,7 +281,7 @@ def latest_eval(run_dir: Path) -> tuple[pd.DataFrame, str]:
     p = latest_eval_file(run_dir)
     if p is not None:
         return pd.read_parquet(p), f"{p.relative_to(run_dir)}"
-    ev = pd.read_parquet(run_dir / "eval.parquet") if (run_dir / "eval.parquet").exists() else pd.DataFrame()
+    ev = RunDir(run_dir).table("eval")  # the compacted file and any per-round parts of a run still going
     if ev.empty or "server_round" not in ev:
         return pd.DataFrame(), ""
     r = int(ev["server_round"].max())

@@ -15,6 +15,7 @@ from ray.cluster_utils import Cluster
 sys.path.insert(0, str(Path(__file__).parent))
 from _tune_helpers import sweep_dict  # noqa: E402
 
+from pftray.results import RunDir
 from pftray.tune import run_sweep, sweep_from_dict  # noqa: E402
 
 
@@ -44,7 +45,7 @@ def main(out: str) -> None:
         trials = pd.read_parquet(exp / "trials.parquet")
         placements = []
         for run_dir in trials["run_dir"]:
-            c = pd.read_parquet(Path(run_dir) / "clients.parquet")
+            c = RunDir(run_dir).table("clients")
             placements.append(c[["client_id", "worker", "node_id", "gpu_ids", "status"]].to_dict("records"))
         nodes = {n["NodeID"]: n["Resources"] for n in ray.nodes() if n["Alive"]}
         print(

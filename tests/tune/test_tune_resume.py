@@ -22,6 +22,8 @@ import pandas as pd
 import yaml
 from _tune_helpers import PYTHON, REPO, kill_procs, procs_with, sweep_dict, wait_for
 
+from pftray.results import RunDir
+
 
 def _snapshot(d: Path) -> dict[str, tuple[int, int]]:
     return {
@@ -128,6 +130,6 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path: Path):
     by_rounds = {int(r): Path(d) for r, d in zip(trials["config/fed.rounds"], trials["run_dir"])}
     assert sorted(by_rounds) == [1, LONG_ROUNDS] and by_rounds[1].resolve() == first[0].resolve()
     for n, run_dir in by_rounds.items():
-        rounds = pd.read_parquet(run_dir / "rounds.parquet")
+        rounds = RunDir(run_dir).table("rounds")
         assert list(rounds["server_round"]) == list(range(1, n + 1))  # no round ran twice in a resumed trial
     assert procs_with(str(tmp)) == []

@@ -19,6 +19,7 @@ from _tune_helpers import sweep_dict
 
 from pftray.analysis import load_sweep, pareto_front, plot_sweep
 from pftray.privacy.accounting import compute_epsilon
+from pftray.results import RunDir
 from pftray.tune import DONE_MARKER, run_sweep, sweep_from_dict
 
 TARGET_EPS = 5.0
@@ -96,7 +97,7 @@ def test_sweep_results_one_row_per_trial(sweep):
             assert math.isfinite(row["final/psnr"]) and row["final/psnr"] > 0
             run = Path(row["run_dir"])
             assert run.parent.parent == exp  # run dirs live in the trial dirs of the sweep
-            rounds = pd.read_parquet(run / "rounds.parquet")
+            rounds = RunDir(run).table("rounds")
             assert list(rounds["server_round"]) == [1]
             assert rounds["val_loss"].iloc[0] == pytest.approx(row["final/val_loss"])
             cfg = (run / "config.yaml").read_text()

@@ -11,6 +11,7 @@ import pytest
 from _tune_helpers import sweep_dict
 
 from pftray.config import ConfigError
+from pftray.results import RunDir
 from pftray.tune import run_trial, sweep_from_dict
 
 
@@ -27,7 +28,7 @@ def test_run_trial_reports_and_a_restart_does_not_retrain(tmp_path: Path):
     summary = run_trial(spec, params, run, trial_id="t1", report=got.append)
     assert summary["status"] == "done" and summary["rounds"] == 1
     assert len(got) == 1 and got[0]["server_round"] == 1 and got[0]["run_dir"] == str(run)
-    rounds = pd.read_parquet(run / "rounds.parquet")
+    rounds = RunDir(run).table("rounds")
     assert got[0]["val_loss"] == pytest.approx(rounds["val_loss"].iloc[0])
     assert got[0]["psnr"] == pytest.approx(rounds["psnr"].iloc[0]) and math.isfinite(got[0]["psnr"])
     assert 0 < got[0]["epsilon"] < math.inf
