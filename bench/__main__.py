@@ -8,6 +8,7 @@ python -m bench pretrain-quality  # backbone quality on unseen identities
 python -m bench scale             # 10,000 registered clients vs 100
 python -m bench tdc               # the TDC default by experiment: none vs eps-space vs x0-space
 python -m bench tail-sim          # simulated tail imbalance of client-granular scheduling (to read `overhead`)
+python -m bench privacy-audit     # accountant epsilon beside the membership audit's lower bound (quickstart, cohort)
 python -m bench table-writes      # per-round cost of writing the run tables at round 10 vs round 1000
 """
 
@@ -25,6 +26,7 @@ BENCHMARKS = {
     "scale": "bench.scale",
     "tdc": "bench.tdc",
     "tail-sim": "bench.tail_sim",
+    "privacy-audit": "bench.privacy_audit",
     "table-writes": "bench.table_writes",
 }
 
