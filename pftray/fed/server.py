@@ -277,7 +277,7 @@ class FederatedServer:
             kw.update(count_scale=plan.count_scale, skellam_mu=plan.mu_share, send_weight=False)
             params = SecAggParams(sample=tuple(ids), vector_length=d + 2, clip_range=max(C, 1.0), threshold=threshold,
                                   degree=degree, modulus_bits=p.secagg_modulus_bits, graph_seed=graph_seed,
-                                  signed_bound=plan.signed_bound)
+                                  signed_bound=plan.signed_bound, signed_scale=plan.scale)
         else:
             kw["send_weight"] = dp is None
             clip_range = C if C > 0 else self.cfg.fed.max_update_norm  # omega <= 1: |omega delta| <= max norm

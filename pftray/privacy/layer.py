@@ -205,6 +205,9 @@ class DPLayer:
         std_max = z_d * C * math.sqrt(num_clients / threshold)
         bound = num_clients * max(C, kappa / 2) + NOISE_TAIL_SIGMAS * std_max
         scale = SignedQuantization.for_bound(bound, self.modulus_bits).scale
+        # no finer than needed: the rounding term sqrt(d + 1) of the sensitivity stays ~1 % of C * scale, and the
+        # Poisson parameters stay where numpy's sampler is accurate (its variance drifts by several % above ~1e14)
+        scale = float(min(scale, max(1.0, math.ceil(100 * math.sqrt(dim + 1) / C))))
         mu = (z_d * C * scale) ** 2 / 2  # variance 2 mu = (z_Delta C scale)^2 with `threshold` survivors
         return DistributedNoisePlan(dim=dim, clipping_norm=C, count_scale=kappa, scale=scale, threshold=threshold,
                                     mu=mu, signed_bound=bound)

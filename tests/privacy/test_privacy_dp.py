@@ -118,7 +118,7 @@ def test_noise_scales() -> None:
     share = skellam_noise(200_000, 50.0, rng)
     assert share.dtype == np.int64 and share.var() == pytest.approx(100.0, rel=0.02)
     total = sum(skellam_noise(40_000, 12.5, rng) for _ in range(16))
-    assert total.mean() == pytest.approx(0.0, abs=0.2) and total.var() == pytest.approx(2 * 16 * 12.5, rel=0.03)
+    assert total.mean() == pytest.approx(0.0, abs=0.6) and total.var() == pytest.approx(2 * 16 * 12.5, rel=0.03)
     assert not skellam_noise(10, 0.0, rng).any()
 
 

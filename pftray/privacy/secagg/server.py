@@ -81,6 +81,7 @@ class SecAggParams:
     rounding: Rounding = "stochastic"
     graph_seed: int = 0
     signed_bound: float | None = None
+    signed_scale: float | None = None  # a coarser grid than the bound allows (e.g. to size the integer noise)
 
     def __post_init__(self) -> None:
         sample = tuple(int(u) for u in self.sample)
@@ -109,7 +110,13 @@ class SecAggParams:
         """
         if self.signed_bound is None:
             return None
-        return SignedQuantization.for_bound(self.signed_bound, self.modulus_bits)
+        q = SignedQuantization.for_bound(self.signed_bound, self.modulus_bits)
+        if self.signed_scale is None:
+            return q
+        if not 1 <= self.signed_scale <= q.scale:
+            raise ValueError(f"signed_scale {self.signed_scale!r} must lie in [1, {q.scale:g}] (the finest grid that "
+                             f"holds sums up to signed_bound {self.signed_bound:g})")
+        return SignedQuantization(scale=float(self.signed_scale), modulus_bits=self.modulus_bits)
 
     @property
     def quantization(self) -> QuantizationSpec | SignedQuantization:
