@@ -27,6 +27,7 @@ Skellam) accounting holds for every strategy.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -266,7 +267,7 @@ class FederatedServer:
         degree = p.secagg_degree if p.secagg_degree and p.secagg_degree < n - 1 else None
         group = n if degree is None else degree + 1
         threshold = max(2, min(group, math.ceil(p.secagg_threshold * group)))
-        graph_seed = int.from_bytes(__import__("os").urandom(4), "little") % 2**31
+        graph_seed = int.from_bytes(os.urandom(4), "little") % 2**31
         kw: dict[str, Any] = {"scales": None, "clipping_norm": C, "count_scale": 1.0, "skellam_mu": 0.0}
         plan = None
         if dp is not None and dp.placement == "distributed":
