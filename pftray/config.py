@@ -40,6 +40,10 @@ class ExperimentConfig:
     out_dir: str = _f("runs", "parent folder of run directories")
 
 
+#: = pftray.data.types.UNRELIABLE_KINDS (repeated so that reading a config imports no data code; a test keeps them equal)
+UNRELIABLE_KINDS = ("offset", "noise", "frozen", "heavy_offset", "swapped_audio", "wrong_identity")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     source: str = _f("synthetic", "'synthetic' (embedded, no download) or a folder made by `pftray data prepare`")
@@ -51,7 +55,13 @@ class DataConfig:
     quantity_skew: float = _f(0.0, "lognormal sigma of clip counts across clients (0 = equal)", range=(0.0, 5.0))
     unreliable_fraction: float = _f(0.25, "share of clients with corrupted training clips (the ISFA case)",
                                     range=(0.0, 1.0))
-    unreliable_kinds: tuple[str, ...] = _f(("offset", "noise", "frozen"), "corruptions cycled over unreliable clients")
+    unreliable_kinds: tuple[str, ...] = _f(("offset", "noise", "frozen"), "corruptions cycled over unreliable clients: "
+                                           "offset, noise, frozen (mild), heavy_offset, swapped_audio, wrong_identity "
+                                           "(break the audio-mouth / reference link; see data.synthetic.corrupt_clip)")
+    shift_severity: float = _f(0.0, "synthetic 'shifted' scenario: 0 = client identities drawn like the public ones "
+                               "(i.i.d., bit-for-bit the old data); s in (0, 1] gives every client visible teeth "
+                               "(shared shift, opacity s) and its own mouth gain and teeth colour (traits scaled by "
+                               "s), ground truth in clip extras; public clips never shift", range=(0.0, 1.0))
     n_mels: int = _f(32, "mel bands of the audio features", range=(4, 256))
     audio_window: int = _f(16, "mel frames (10 ms each) in the audio window around a video frame", range=(2, 256))
     public_identities: int = _f(32, "disjoint identities for backbone pre-training", range=(1, 100_000))
@@ -337,10 +347,15 @@ def _cross_checks(obj: Any, path: str) -> None:
         if obj.clients_per_round == 0 and obj.sample_rate == 0:
             raise ConfigError(f"{p}clients_per_round: 0 with sample_rate 0; set one of them")
     if isinstance(obj, DataConfig):
-        bad = [k for k in obj.unreliable_kinds if k not in ("offset", "noise", "frozen")]
+        bad = [k for k in obj.unreliable_kinds if k not in UNRELIABLE_KINDS]
         if bad:
-            raise ConfigError(f"{p}unreliable_kinds: {bad[0]!r} is not allowed; choose from "
-                              "['offset', 'noise', 'frozen']")
+            raise ConfigError(f"{p}unreliable_kinds: {bad[0]!r} is not allowed; choose from {list(UNRELIABLE_KINDS)}")
+        if obj.unreliable_fraction > 0 and not obj.unreliable_kinds:
+            raise ConfigError(f"{p}unreliable_kinds: empty with unreliable_fraction {obj.unreliable_fraction!r}; "
+                              f"choose from {list(UNRELIABLE_KINDS)}")
+        if obj.shift_severity > 0 and obj.source != "synthetic":
+            raise ConfigError(f"{p}shift_severity: {obj.shift_severity!r} with source {obj.source!r}; the shifted "
+                              "scenario exists only for synthetic data")
     if isinstance(obj, ModelConfig):
         if len(obj.vae_channels) < 1 or len(obj.unet_channels) < 1:
             raise ConfigError(f"{p}vae_channels/unet_channels: need at least one block")

@@ -4,6 +4,11 @@ Every client is generated independently from ``(seed, client_id)``, so ``make_cl
 ``make_synthetic_federation(**kw)[k]`` and a run with 10,000 registered clients can materialise only the
 clients it samples. The only federation-wide quantity, the set of unreliable clients, is a permutation of
 ``num_clients`` drawn from its own stream (cheap and cached).
+
+``shift_severity > 0`` makes the client identities differ from the public ones (the "shifted" scenario of
+:mod:`pftray.data.synthetic`: shared visible teeth, per-client mouth gain and teeth colour, ground truth in
+``Clip.extras``); at 0 (the default) the federation is bit-for-bit the i.i.d. one. Public clips are never
+shifted.
 """
 
 from __future__ import annotations
@@ -13,8 +18,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pftray.data.synthetic import corrupt_clip, reference_frame, render_clip, sample_identity
-from pftray.data.types import UNRELIABLE_KINDS, ClientData, Clip
+from pftray.data.synthetic import corrupt_clip, reference_frame, render_clip, sample_identity, sample_shift
+from pftray.data.types import DEFAULT_UNRELIABLE_KINDS, UNRELIABLE_KINDS, ClientData, Clip
 
 # Seed-stream tags keep quantity skew, unreliability, corruption and clip rendering independent.
 _QUANTITY, _UNRELIABLE, _CORRUPT, _TRAIN, _HELDOUT, _PUBLIC = 11, 12, 13, 14, 15, 16
@@ -75,16 +80,18 @@ def make_client(
     resolution: int,
     quantity_skew: float = 0.0,
     unreliable_fraction: float = 0.0,
-    unreliable_kinds: Sequence[str] = UNRELIABLE_KINDS,
+    unreliable_kinds: Sequence[str] = DEFAULT_UNRELIABLE_KINDS,
     n_mels: int = 32,
     audio_window: int = 16,
     seed: int = 0,
+    shift_severity: float = 0.0,
 ) -> ClientData:
     """Materialise client ``client_id`` of the synthetic federation described by the keyword arguments.
 
     Identity ``"client-<k>"`` from :func:`sample_identity`; ``reference`` is its neutral frame (rendered
-    separately, not a clip frame); training clips are corrupted when the client is unreliable, held-out clips
-    never are.
+    separately, not a clip frame, mouth closed, so it shows none of the shift); training clips are corrupted
+    when the client is unreliable (``unreliable`` holds the kind), held-out clips never are. Train and held-out
+    clips carry the shift of :func:`sample_shift` at ``shift_severity`` (none at 0).
     """
     if num_clients < 1:
         raise ValueError(f"num_clients must be >= 1, got {num_clients}")
@@ -98,6 +105,8 @@ def make_client(
         raise ValueError(f"quantity_skew must be >= 0, got {quantity_skew}")
     if not 0.0 <= unreliable_fraction <= 1.0:
         raise ValueError(f"unreliable_fraction must be in [0, 1], got {unreliable_fraction}")
+    if not 0.0 <= shift_severity <= 1.0:
+        raise ValueError(f"shift_severity must be in [0, 1], got {shift_severity}")
     kinds = tuple(unreliable_kinds)
     bad = [k for k in kinds if k not in UNRELIABLE_KINDS]
     if bad or (unreliable_fraction > 0 and not kinds):
@@ -107,6 +116,7 @@ def make_client(
     )
 
     identity = sample_identity(seed, client_id, stream="client")
+    shift = sample_shift(seed, client_id, shift_severity)
     n_train = num_train_clips(
         client_id, clips_per_client=clips_per_client, quantity_skew=quantity_skew, seed=seed
     )
@@ -127,6 +137,7 @@ def make_client(
                 n_mels=n_mels,
                 audio_window=audio_window,
                 clip_id=f"{identity.name}/{split}-{j}",
+                shift=shift,
             )
             for j in range(count)
         ]
@@ -134,7 +145,7 @@ def make_client(
     train = clips(_TRAIN, n_train, "train")
     if unreliable is not None:
         rng = np.random.default_rng([int(seed), _CORRUPT, client_id])
-        train = [corrupt_clip(c, unreliable, rng) for c in train]
+        train = [corrupt_clip(c, unreliable, rng, shift=shift) for c in train]
     return ClientData(
         client_id=client_id,
         identity=identity.name,
@@ -154,10 +165,11 @@ def make_synthetic_federation(
     resolution: int,
     quantity_skew: float = 0.0,
     unreliable_fraction: float = 0.0,
-    unreliable_kinds: tuple[str, ...] = UNRELIABLE_KINDS,
+    unreliable_kinds: tuple[str, ...] = DEFAULT_UNRELIABLE_KINDS,
     n_mels: int = 32,
     audio_window: int = 16,
     seed: int = 0,
+    shift_severity: float = 0.0,
 ) -> list[ClientData]:
     """All ``num_clients`` clients (``[make_client(k, ...) for k in range(num_clients)]``)."""
     kwargs = dict(
@@ -172,6 +184,7 @@ def make_synthetic_federation(
         n_mels=n_mels,
         audio_window=audio_window,
         seed=seed,
+        shift_severity=shift_severity,
     )
     return [make_client(k, **kwargs) for k in range(num_clients)]
 
@@ -188,7 +201,9 @@ def make_public_clips(
 ) -> list[Clip]:
     """Clean clips of public identities ``"pub-<i>"`` (for backbone pre-training), disjoint from clients.
 
-    Identities come from the "public" stream of :func:`sample_identity`, clips from their own seed tag.
+    Identities come from the "public" stream of :func:`sample_identity`, clips from their own seed tag. They
+    never carry the shifted scenario (no teeth, mouth gain 1, ``extras == {}``): that is what the clients'
+    adapters have to learn beyond the backbone.
     """
     if num_identities < 1:
         raise ValueError(f"num_identities must be >= 1, got {num_identities}")

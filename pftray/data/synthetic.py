@@ -20,6 +20,46 @@ half-plane) whose coverage is ``clip(1/2 - d / pixel, 0, 1)`` with ``d`` the fir
 ``(r - 1) / |grad r|`` (bounded below by the distance to the bounding box); head and facial features are
 drawn only inside pixel windows that contain them in every frame. ``supersample > 1`` additionally renders at
 a multiple of the resolution and box-filters down.
+
+The "shifted" scenario (``data.shift_severity`` = ``s`` in (0, 1]; ``s = 0`` is the i.i.d. scenario)
+----------------------------------------------------------------------------------------------------
+By default client and public (pre-training) identities come from the same distribution, so a backbone
+pre-trained on the public clips already fits the clients and federated adapters have little to learn. With
+``s > 0`` every client identity (never a public one, :func:`make_public_clips` takes no severity) gets a
+:class:`ClientShift` from :func:`sample_shift`:
+
+* **shared shift — visible upper teeth.** When the mouth opens, the upper part of the mouth interior (above
+  ``0.25 * inner_h`` over the mouth centre, i.e. the top 37.5 % of its height) shows teeth, composited with
+  opacity ``s`` over the dark interior. No public identity has teeth, every client has them, and they are
+  invisible in the closed-mouth reference frame: the *shared* adapter must learn to draw them from the audio
+  (how far the mouth opens) and the mouth position. The region is small (a few pixels at 64 px), so measure it
+  with ``extras["shift_box"]`` or the mouth box, not the whole frame.
+* **per-client traits — mouth gain and teeth colour.** The mouth opens by a client-specific gain of the
+  audio-implied openness, ``mouth = clip(g * mouth_base, 0, 1)`` with ``ln g = 0.45 s z``, ``z ~ U(-1, 1)``
+  per client (``g`` in [0.64, 1.57] at ``s = 1``), and the teeth colour is
+  ``(1 - 0.5 s) * base + 0.5 s * c`` with ``c ~ U(0.35, 1)^3`` per client. Neither is visible in the
+  reference frame (mouth closed) nor predictable from the audio alone: only the client's own clips reveal
+  them, which is the *identity* adapter's work. ``z`` and ``c`` are drawn from a stream of their own
+  (``[0x5A1F7, seed, client]``) independently of ``s``, so one client keeps the same traits at every
+  severity, scaled by it.
+
+``Clip.mouth`` stays what the frames show (after the gain). Ground truth per frame, in ``Clip.extras`` of
+every shifted clip (train and held-out; absent, ``extras == {}``, at ``s = 0`` and on public clips):
+
+* ``"mouth_base"`` float32 ``[T]``: audio-implied openness before the client's gain (today's ``mouth``);
+* ``"mouth_gain"`` float32 ``[T]``: the client's gain ``g`` (constant within a client);
+* ``"teeth_rgb"`` float32 ``[T, 3]``: the client's teeth colour in [0, 1] (constant within a client);
+* ``"shift_box"`` int32 ``[T, 4]``: ``y0, y1, x0, x1`` (half-open) bounding box of the pixels the teeth
+  cover in that frame, ``[0, 0, 0, 0]`` when none (mouth closed) — a region for a shift-region PSNR;
+* ``"shift_area"`` float32 ``[T]``: the teeth's geometric coverage in output pixels (before opacity).
+
+Boxes and scalars rather than masks keep shards small (~36 bytes a frame). With ``s = 0`` nothing is drawn
+and no random number is consumed: clips are bit-for-bit those of the i.i.d. scenario.
+
+Unreliable clients (:func:`corrupt_clip`, ``data.unreliable_kinds``): ``offset``, ``noise`` and ``frozen``
+degrade the data mildly; ``heavy_offset`` (audio half a clip away), ``swapped_audio`` (another speaker's
+utterance) and ``wrong_identity`` (frames of another face under the client's own reference) break the very
+conditioning a talking-head model learns from, so their updates pull the shared adapter away.
 """
 
 from __future__ import annotations
@@ -35,7 +75,8 @@ from pftray.data.types import SAMPLE_RATE, SAMPLES_PER_FRAME, UNRELIABLE_KINDS, 
 
 RGB = tuple[float, float, float]
 
-_STREAMS = {"client": 0, "public": 1}
+_STREAMS = {"client": 0, "public": 1, "donor": 2}
+_NAME_PREFIX = {"client": "client", "public": "pub", "donor": "donor"}
 _HAIR_PALETTE = np.array(
     [
         [0.08, 0.06, 0.05],
@@ -57,6 +98,10 @@ _EYE_WHITE = (0.95, 0.94, 0.92)
 _MAX_OPEN = 0.15  # mouth-interior half-height at openness 1, as a fraction of the face half-height
 _LIP_HALF_HEIGHT = 0.065  # closed-lips half-height, fraction of the face half-height
 _MOUTH_V = 0.5  # mouth centre below the face centre, fraction of the face half-height
+_TEETH = (0.93, 0.91, 0.84)  # base teeth colour of the shifted scenario
+_TEETH_EDGE = 0.25  # teeth reach down to this fraction of the interior half-height above the mouth centre
+_GAIN_LOG_SPAN = 0.45  # ln(mouth gain) lies in [-0.45 s, 0.45 s]
+_TEETH_MIX = 0.5  # per-client teeth colour: (1 - 0.5 s) * base + 0.5 s * c
 
 
 @dataclass(frozen=True)
@@ -99,10 +144,11 @@ def _luma(c: Sequence[float]) -> float:
 
 
 def sample_identity(seed: int, index: int, *, stream: str = "client") -> IdentityParams:
-    """Draw identity ``index`` of the ``stream`` ("client" or "public") deterministically from ``seed``.
+    """Draw identity ``index`` of the ``stream`` ("client", "public" or "donor") deterministically from ``seed``.
 
-    The two streams use disjoint seed sequences, so public (pre-training) identities never coincide with
-    client identities; names are ``"client-<index>"`` and ``"pub-<index>"``.
+    The streams use disjoint seed sequences, so public (pre-training) identities never coincide with client
+    identities; names are ``"client-<index>"``, ``"pub-<index>"`` and ``"donor-<index>"`` (the voices and faces
+    that :func:`corrupt_clip` swaps in).
     """
     if index < 0:
         raise ValueError(f"index must be >= 0, got {index}")
@@ -120,7 +166,7 @@ def sample_identity(seed: int, index: int, *, stream: str = "client") -> Identit
             break
     shirt = rng.uniform(0.05, 0.85, 3)
     return IdentityParams(
-        name=f"{'client' if stream == 'client' else 'pub'}-{index}",
+        name=f"{_NAME_PREFIX[stream]}-{index}",
         face_axes=(float(rng.uniform(0.36, 0.46)), float(rng.uniform(0.52, 0.62))),
         skin=_rgb(skin),
         hair=_rgb(hair),
@@ -138,6 +184,45 @@ def sample_identity(seed: int, index: int, *, stream: str = "client") -> Identit
         speaking_rate=float(rng.uniform(2.5, 6.0)),
         motion=float(rng.uniform(0.3, 0.8)),
         blink_rate=float(rng.uniform(0.2, 0.5)),
+    )
+
+
+@dataclass(frozen=True)
+class ClientShift:
+    """What the "shifted" scenario changes for one client identity (see the module docstring).
+
+    ``teeth_alpha`` is the opacity of the shared teeth (= severity), ``teeth`` this client's teeth colour and
+    ``mouth_gain`` its mouth-motion gain (rendered openness = ``clip(mouth_gain * audio openness, 0, 1)``).
+    """
+
+    severity: float
+    teeth_alpha: float
+    teeth: RGB
+    mouth_gain: float
+
+
+def sample_shift(seed: int, index: int, severity: float) -> ClientShift | None:
+    """The shift of client ``index`` at ``severity`` in [0, 1]; ``None`` (and no random draw) at 0.
+
+    The client's traits (``z``, ``c`` of the module docstring) come from their own stream
+    ``[0x5A1F7, seed, index]`` and do not depend on ``severity``, which only scales them.
+    """
+    severity = float(severity)
+    if not 0.0 <= severity <= 1.0:
+        raise ValueError(f"shift severity must be in [0, 1], got {severity}")
+    if index < 0:
+        raise ValueError(f"index must be >= 0, got {index}")
+    if severity == 0.0:
+        return None
+    rng = np.random.default_rng([0x5A1F7, int(seed), int(index)])
+    z = rng.uniform(-1.0, 1.0)
+    tint = rng.uniform(0.35, 1.0, 3)
+    teeth = (1.0 - _TEETH_MIX * severity) * np.asarray(_TEETH) + _TEETH_MIX * severity * tint
+    return ClientShift(
+        severity=severity,
+        teeth_alpha=severity,
+        teeth=_rgb(teeth),
+        mouth_gain=float(np.exp(_GAIN_LOG_SPAN * severity * z)),
     )
 
 
@@ -266,6 +351,7 @@ def render_frames(
     mouth: np.ndarray,
     resolution: int,
     supersample: int = 1,
+    shift: ClientShift | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw the face for each frame; returns uint8 frames ``[T, R, R, 3]`` and int32 mouth boxes ``[T, 4]``.
 
@@ -273,8 +359,25 @@ def render_frames(
     rad) and shift the inner features by a parallax offset (``0.2 yaw * ax``, ``0.12 pitch * ay``);
     ``pose[:, 3]`` closes the eyes; ``mouth`` in [0, 1] sets the mouth-interior half-height
     (``0.15 * ay * mouth``). The mouth box has a constant size per identity and resolution and follows the
-    mouth centre.
+    mouth centre. ``shift`` draws the shifted scenario's teeth (``mouth`` is taken as given: the client's
+    gain is applied by :func:`render_clip`); ``None`` draws exactly the i.i.d. face.
     """
+    frames, box, _ = _render_frames(
+        identity, pose=pose, mouth=mouth, resolution=resolution, supersample=supersample, shift=shift
+    )
+    return frames, box
+
+
+def _render_frames(
+    identity: IdentityParams,
+    *,
+    pose: np.ndarray,
+    mouth: np.ndarray,
+    resolution: int,
+    supersample: int = 1,
+    shift: ClientShift | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """:func:`render_frames` plus the teeth coverage ``[T, R, R]`` float32 in [0, 1] (``None`` without shift)."""
     pose = np.asarray(pose, dtype=np.float32)
     mouth = np.clip(np.asarray(mouth, dtype=np.float32), 0.0, 1.0)
     if pose.ndim != 2 or pose.shape[1] != 4:
@@ -312,7 +415,10 @@ def render_frames(
         rows = slice(int(np.clip(np.floor(r0) - 2, 0, res)), int(np.clip(np.ceil(r1) + 3, 0, res)))
         cols = slice(int(np.clip(np.floor(c0) - 2, 0, res)), int(np.clip(np.ceil(c1) + 3, 0, res)))
         dx, dy = x[:, :, cols] - cx, y[:, rows, :] - cy
+        window["rows"], window["cols"] = rows, cols
         return img[:, :, rows, cols], cos * dx + sin * dy, -sin * dx + cos * dy
+
+    window: dict[str, slice] = {}
 
     skin = np.asarray(identity.skin, dtype=np.float32)
     img = np.empty((3, num, res, res), dtype=np.float32)
@@ -392,7 +498,17 @@ def render_frames(
         _ellipse(u, v, fu, mv, mw * 0.9, np.maximum(0.35 * px, 0.01 * ay), px),
         np.asarray(identity.lip) * 0.75,
     )
-    _over(img_feat, _ellipse(u, v, fu, mv, 0.8 * mw, inner_h, px) * np.clip(m * 8.0, 0, 1), _MOUTH_INTERIOR)
+    interior = _ellipse(u, v, fu, mv, 0.8 * mw, inner_h, px) * np.clip(m * 8.0, 0, 1)
+    _over(img_feat, interior, _MOUTH_INTERIOR)
+    teeth_cov = None
+    if shift is not None:
+        # Upper teeth: the interior above 0.25 * inner_h over the mouth centre (v grows downwards).
+        teeth = interior * np.clip(0.5 + (mv - _TEETH_EDGE * inner_h - v) / px, 0, 1)
+        _over(img_feat, np.float32(shift.teeth_alpha) * teeth, np.asarray(shift.teeth, dtype=np.float32))
+        teeth_cov = np.zeros((num, res, res), dtype=np.float32)
+        teeth_cov[:, window["rows"], window["cols"]] = teeth
+        if supersample > 1:
+            teeth_cov = teeth_cov.reshape(num, resolution, supersample, resolution, supersample).mean(axis=(2, 4))
 
     if supersample > 1:
         img = img.reshape(3, num, resolution, supersample, resolution, supersample).mean(axis=(3, 5))
@@ -416,7 +532,30 @@ def render_frames(
         axis=1,
     )
     box = np.clip(box, 0, resolution).astype(np.int32)
-    return frames, box
+    return frames, box, teeth_cov
+
+
+def _coverage_boxes(cov: np.ndarray) -> np.ndarray:
+    """Half-open ``y0, y1, x0, x1`` bounding box of ``cov > 0`` per frame, int32 ``[T, 4]``; zeros if empty."""
+    out = np.zeros((cov.shape[0], 4), dtype=np.int32)
+    for t in range(cov.shape[0]):
+        rows = np.nonzero(cov[t].max(axis=1) > 0)[0]
+        if rows.size:
+            cols = np.nonzero(cov[t].max(axis=0) > 0)[0]
+            out[t] = (rows[0], rows[-1] + 1, cols[0], cols[-1] + 1)
+    return out
+
+
+def _shift_extras(shift: ClientShift, mouth_base: np.ndarray, teeth_cov: np.ndarray) -> dict[str, np.ndarray]:
+    """The ground truth of the shifted scenario for one clip (keys in the module docstring)."""
+    num = mouth_base.shape[0]
+    return {
+        "mouth_base": np.asarray(mouth_base, dtype=np.float32).copy(),
+        "mouth_gain": np.full(num, shift.mouth_gain, dtype=np.float32),
+        "teeth_rgb": np.tile(np.asarray(shift.teeth, dtype=np.float32), (num, 1)),
+        "shift_box": _coverage_boxes(teeth_cov),
+        "shift_area": teeth_cov.sum(axis=(1, 2), dtype=np.float64).astype(np.float32),
+    }
 
 
 def reference_frame(identity: IdentityParams, resolution: int) -> np.ndarray:
@@ -435,20 +574,27 @@ def render_clip(
     audio_window: int = 16,
     clip_id: str | None = None,
     supersample: int = 1,
+    shift: ClientShift | None = None,
 ) -> Clip:
     """Render one synthetic clip (audio, features, frames, pose, mouth, boxes), deterministic from ``seed``.
 
-    Audio, pose and blinks use independent child streams of ``seed``.
+    Audio, pose and blinks use independent child streams of ``seed``. With ``shift`` (the shifted scenario,
+    see the module docstring) the mouth follows the client's gain, the teeth are drawn and ``extras`` holds
+    the scenario's ground truth; the random streams are the same with and without it.
     """
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     audio_ss, pose_ss = np.random.SeedSequence(seed).spawn(2)
     audio, env = synthesize_speech(identity, num_frames=num_frames, rng=np.random.default_rng(audio_ss))
     mouth = mouth_from_envelope(env, num_frames=num_frames)
+    mouth_base = mouth
+    if shift is not None:
+        mouth = np.clip(np.float32(shift.mouth_gain) * mouth_base, 0.0, 1.0).astype(np.float32)
     pose = sample_pose(identity, num_frames=num_frames, rng=np.random.default_rng(pose_ss))
-    frames, box = render_frames(
-        identity, pose=pose, mouth=mouth, resolution=resolution, supersample=supersample
+    frames, box, teeth_cov = _render_frames(
+        identity, pose=pose, mouth=mouth, resolution=resolution, supersample=supersample, shift=shift
     )
+    extras = {} if shift is None else _shift_extras(shift, mouth_base, teeth_cov)
     feats = log_mel_features(audio, n_mels=n_mels, window=audio_window, num_frames=num_frames)
     if clip_id is None:
         seed_tag = "-".join(str(int(s)) for s in np.atleast_1d(np.asarray(seed)))
@@ -462,6 +608,7 @@ def render_clip(
         mouth_box=box,
         identity=identity.name,
         clip_id=clip_id,
+        extras=extras,
     )
 
 
@@ -508,7 +655,7 @@ def estimate_mouth_openness(
 # -------------------------------------------------------------------------------- unreliable clients
 
 
-def corrupt_clip(clip: Clip, kind: str, rng: np.random.Generator) -> Clip:
+def corrupt_clip(clip: Clip, kind: str, rng: np.random.Generator, *, shift: ClientShift | None = None) -> Clip:
     """Return a corrupted copy of ``clip`` (the input is not modified).
 
     * ``"offset"``: audio and ``audio_feats`` circularly shifted by 3-8 frames (random sign) relative to the
@@ -516,9 +663,24 @@ def corrupt_clip(clip: Clip, kind: str, rng: np.random.Generator) -> Clip:
     * ``"noise"``: strong i.i.d. Gaussian pixel noise (std 40-80 grey levels).
     * ``"frozen"``: the video freezes on one frame for one or two stretches covering at least half the clip
       while the audio continues; the labels of the frozen frames are those of the frame shown.
+    * ``"heavy_offset"``: audio and ``audio_feats`` circularly lagged by 40-60 % of the clip length (at least
+      one frame): the largest misalignment a circular shift allows, so the mouth follows the audio of half a
+      clip away (at 16 frames, 7-9 frames: the top of ``offset``'s range; the gap widens with clip length).
+    * ``"swapped_audio"``: audio and ``audio_feats`` replaced by another speaker's utterance (a "donor"
+      identity of :func:`sample_identity`, its own pitch and speaking rate), features computed with the clip's
+      window and mel bands: the mouth no longer follows the audio at all.
+    * ``"wrong_identity"``: the frames show another face (a donor identity) with the clip's pose and mouth
+      motion, while the client's reference frame stays its own; ``mouth_box`` follows the new face. Pass the
+      client's ``shift`` for shifted clips so the donor has the same teeth (the only change is the face).
+
+    Per-frame ``extras`` describe the video shown: they follow the frames of ``frozen``, and ``shift_box`` /
+    ``shift_area`` are recomputed for ``wrong_identity``; the audio corruptions leave them as they were.
+    Video corruptions assume ``supersample == 1`` renders (as :func:`pftray.data.make_client` makes).
     """
     if kind not in UNRELIABLE_KINDS:
         raise ValueError(f"kind must be one of {UNRELIABLE_KINDS}, got {kind!r}")
+    if kind == "wrong_identity" and shift is None and "shift_box" in clip.extras:
+        raise ValueError("wrong_identity on a shifted clip needs the client's shift (shift=...)")
     out = dataclasses.replace(
         clip,
         frames=clip.frames.copy(),
@@ -527,17 +689,18 @@ def corrupt_clip(clip: Clip, kind: str, rng: np.random.Generator) -> Clip:
         pose=clip.pose.copy(),
         mouth=clip.mouth.copy(),
         mouth_box=clip.mouth_box.copy(),
+        extras={k: v.copy() for k, v in clip.extras.items()},
     )
     num = clip.num_frames
     if kind == "offset":
-        shift = int(rng.integers(3, 9)) * (1 if rng.random() < 0.5 else -1)
-        out.audio = np.roll(clip.audio, shift * SAMPLES_PER_FRAME)
-        out.audio_feats = np.roll(clip.audio_feats, shift, axis=0)
+        lag = int(rng.integers(3, 9)) * (1 if rng.random() < 0.5 else -1)
+        out.audio = np.roll(clip.audio, lag * SAMPLES_PER_FRAME)
+        out.audio_feats = np.roll(clip.audio_feats, lag, axis=0)
     elif kind == "noise":
         sigma = rng.uniform(40.0, 80.0)
         noisy = clip.frames.astype(np.float32) + rng.normal(0.0, sigma, clip.frames.shape).astype(np.float32)
         out.frames = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
-    else:
+    elif kind == "frozen":
         src = np.arange(num)
         if num >= 2:
             stretches = 1 if num < 8 or rng.random() < 0.5 else 2
@@ -552,4 +715,25 @@ def corrupt_clip(clip: Clip, kind: str, rng: np.random.Generator) -> Clip:
             clip.mouth[src],
             clip.mouth_box[src],
         )
+        out.extras = {k: v[src] for k, v in clip.extras.items()}
+    elif kind == "heavy_offset":
+        lo = max(1, int(np.ceil(0.4 * num)))
+        hi = max(lo, int(np.floor(0.6 * num)))
+        lag = int(rng.integers(lo, hi + 1))
+        out.audio = np.roll(clip.audio, lag * SAMPLES_PER_FRAME)
+        out.audio_feats = np.roll(clip.audio_feats, lag, axis=0)
+    elif kind == "swapped_audio":
+        donor = sample_identity(int(rng.integers(2**62)), 0, stream="donor")
+        audio, _ = synthesize_speech(donor, num_frames=num, rng=rng)
+        _, window, n_mels = clip.audio_feats.shape
+        out.audio = audio
+        out.audio_feats = log_mel_features(audio, n_mels=n_mels, window=window, num_frames=num)
+    else:  # wrong_identity
+        donor = sample_identity(int(rng.integers(2**62)), 0, stream="donor")
+        out.frames, out.mouth_box, teeth_cov = _render_frames(
+            donor, pose=clip.pose, mouth=clip.mouth, resolution=clip.frames.shape[1], shift=shift
+        )
+        if teeth_cov is not None:
+            out.extras["shift_box"] = _coverage_boxes(teeth_cov)
+            out.extras["shift_area"] = teeth_cov.sum(axis=(1, 2), dtype=np.float64).astype(np.float32)
     return out

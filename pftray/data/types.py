@@ -16,7 +16,12 @@ import numpy as np
 VIDEO_FPS = 25
 SAMPLE_RATE = 16_000
 SAMPLES_PER_FRAME = SAMPLE_RATE // VIDEO_FPS  # 640
-UNRELIABLE_KINDS = ("offset", "noise", "frozen")
+#: corruptions of an unreliable client's training clips (:func:`pftray.data.synthetic.corrupt_clip`): the first
+#: three degrade the data mildly, the last three break the audio-mouth or reference-frame link the model learns from.
+UNRELIABLE_KINDS = ("offset", "noise", "frozen", "heavy_offset", "swapped_audio", "wrong_identity")
+#: the kinds cycled when none are given (``data.unreliable_kinds``' default): the original three, so runs made before
+#: the new kinds existed keep their data.
+DEFAULT_UNRELIABLE_KINDS = ("offset", "noise", "frozen")
 ARRAY_FIELDS = ("frames", "audio", "audio_feats", "pose", "mouth", "mouth_box")
 
 
@@ -103,7 +108,9 @@ class ClientData:
             of the training or held-out frames.
         train: training clips (corrupted when ``unreliable`` is set).
         heldout: clean held-out clips for evaluation.
-        unreliable: ``None`` or the corruption applied to the training clips: "offset", "noise", "frozen".
+        unreliable: ``None`` or the corruption kind applied to the training clips, one of ``UNRELIABLE_KINDS``
+            ("offset", "noise", "frozen", "heavy_offset", "swapped_audio", "wrong_identity"); evaluation reads it
+            as the client's label (e.g. per-kind detection AUC).
     """
 
     client_id: int
