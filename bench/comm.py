@@ -45,8 +45,8 @@ def model_sizes(
     import torch
 
     from pftray.config import load_config
-    from pftray.fed.client import build_model
     from pftray.model.adapters import adapter_numel
+    from pftray.model.factory import build_model
 
     torch.manual_seed(0)
     sets = ["model.backbone=", f"lora.shared_rank={rank}"]

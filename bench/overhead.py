@@ -10,7 +10,7 @@ Reported per setting: seconds per round (median over the rounds after the first,
 client compute (wall seconds of the busy loop, summed over the round's clients), and the framework overhead
 ``round - compute / workers`` with its share of the round.
 
-pftray's side is :class:`SyntheticRayPool`, a subclass of :class:`pftray.runtime.pool.RayPool` whose ``_spawn``
+pftray's side is :class:`SyntheticRayPool`, a subclass of :class:`pftray.runtime.ray_pool.RayPool` whose ``_spawn``
 creates :class:`SyntheticWorker` actors hosting :class:`SyntheticHost` (the ``ClientHost`` contract:
 ``fit`` -> scalar reports, ``contribute`` -> partial weighted sum); everything else (grouping clients by worker,
 ``ray.put`` of the global vector once per round, ``ray.wait`` gathering, partial sums, the
@@ -148,7 +148,7 @@ def _synthetic_worker_class():
 def synthetic_pool_class():
     """``RayPool`` with ``_spawn`` creating synthetic-workload actors (built lazily: importing Ray is slow)."""
 
-    from pftray.runtime.pool import RayPool
+    from pftray.runtime.ray_pool import RayPool
 
     worker_cls = _synthetic_worker_class()
 

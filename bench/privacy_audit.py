@@ -2,12 +2,12 @@
 (Poisson sampling, ``fed.sample_rate``), for three settings:
 
 * ``quickstart``: ``configs/quickstart.yaml`` with ``privacy.noise_multiplier=5.0445 privacy.clipping_norm=0.05
-  fed.sample_rate=0.5`` (20 rounds, 8 clients). The clip-level audit (:func:`pftray.privacy.audit.audit_run`,
+  fed.sample_rate=0.5`` (20 rounds, 8 clients). The clip-level audit (:func:`pftray.evaluation.audit.audit_run`,
   timesteps 100/300/500, 4 noise draws): the personalised and the shared model's AUC, TPR at 1 % FPR and
   epsilon lower bound, beside the accountant's client-level epsilon from ``privacy.json``.
 * ``cohort``: a small fast model at 32 px (``TINY``-like sizes, random backbone) with ``--clients`` regular
   clients plus ``--canaries`` canaries each included with probability 1/2
-  (:func:`pftray.privacy.audit.canary_config`), Poisson sampling at ``--sample-rate``, client-level DP with
+  (:func:`pftray.evaluation.audit.canary_config`), Poisson sampling at ``--sample-rate``, client-level DP with
   ``--noise`` and ``--clip``. Reported: the accountant's epsilon at delta = 1e-5 and the client-level canary
   audit (the rigorous one-run bound of Steinke, Nasr, Jagielski 2023) with its AUC.
 * ``cohort-nodp``: the same cohort, the same canaries (same data folder, same coin flips), the same sampling
@@ -89,7 +89,7 @@ def update_norms(run_dir: Path) -> dict[str, Any]:
 
 def canary_audit(run_dir: Path, *, server_round: int | None, timesteps: tuple[int, ...],
                  repeats: int, seed: int = 0) -> dict[str, Any]:
-    """The client-level canary audit alone, with :func:`pftray.privacy.audit.audit_run`'s statistic (calibrated
+    """The client-level canary audit alone, with :func:`pftray.evaluation.audit.audit_run`'s statistic (calibrated
     denoising error under the global shared adapter, a data-independent identity adapter), in the shape of its
     report. The clip-level part of ``audit_run`` (every trained regular client) is skipped: at 100+ clients it
     costs far more than the canaries on this machine, and the canaries are the audit comparable to the
@@ -98,8 +98,9 @@ def canary_audit(run_dir: Path, *, server_round: int | None, timesteps: tuple[in
     import torch
 
     from pftray.data import load_client_shard
-    from pftray.fed.client import ClientState, initial_identity_state
-    from pftray.privacy.audit import CANARY_MANIFEST, clip_errors, one_run_guesses
+    from pftray.evaluation.audit import CANARY_MANIFEST, clip_errors, one_run_guesses
+    from pftray.fed.client import ClientState
+    from pftray.model.factory import initial_identity_state
     from pftray.privacy.audit_stats import roc_auc, tpr_at_fpr
     from pftray.results import RunDir
     from pftray.runtime.driver import initial_shared, load_run_model
@@ -182,7 +183,7 @@ def stage_quickstart(args, work: Path) -> tuple[str, Any, dict[str, Any]]:
 
 def canary_data(args, work: Path, base) -> Any:
     """The cohort's data folder with canaries (made once; both cohort stages read the same one)."""
-    from pftray.privacy.audit import CANARY_MANIFEST, canary_config
+    from pftray.evaluation.audit import CANARY_MANIFEST, canary_config
 
     data = work / "cohort-data"
     manifest = data / CANARY_MANIFEST
@@ -242,7 +243,7 @@ def main(argv=None) -> int:
                     help="no training: audit each stage's latest checkpoint as it is (a time-boxed run); an "
                          "unfinished run's figures go to privacy_audit_<stage>_round<r>.json")
     args = ap.parse_args(argv)
-    from pftray.privacy.audit import audit_run
+    from pftray.evaluation.audit import audit_run
 
     work, results = Path(args.work), Path(args.results)
     results.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ def run_one(registered: int, per_round: int, rounds: int, workers: int) -> dict:
     from pftray.fed.server import FederatedServer
     from pftray.results import RunDir
     from pftray.runtime.driver import initial_shared, prepare_run
-    from pftray.runtime.pool import RayPool
+    from pftray.runtime.ray_pool import RayPool
     from tests.tinycfg import tiny_config
 
     cfg = tiny_config(**{"data.num_clients": registered, "fed.clients_per_round": per_round, "fed.rounds": rounds,

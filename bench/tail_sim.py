@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pftray.runtime.pool import chunk_size
+from pftray.runtime.ray_pool import chunk_size
 
 RULES: dict[str, Callable[[int, int], int]] = {
     "ceil(R/2P) (pftray)": chunk_size,  # the rule RayPool's dynamic dispatch uses

@@ -10,45 +10,21 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 from pftray.config import explain, load_config
-from pftray.errors import EXIT_INPUT, EXIT_INTERRUPTED, ConfigError, InputError, error_line, exit_code
+from pftray.entry import QUIET_IN_WORKERS, ArgParser, dispatch, quiet_library_warnings  # noqa: F401 - re-exported
+from pftray.errors import ConfigError, InputError
 
 __all__ = ["ArgParser", "ConfigError", "InputError", "build_parser", "dispatch", "main"]
-
-
-class ArgParser(argparse.ArgumentParser):
-    """An argument parser whose usage errors are one line naming the flag (exit 2), like every input error."""
-
-    def error(self, message: str):  # type: ignore[override]
-        self.exit(EXIT_INPUT, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def _load(args, *, check_paths: bool = True) -> Any:
     """The config of CONFIG + --set; input paths absolute and (unless ``check_paths`` is off) existing."""
     return load_config(args.config, args.set or [], check_paths=check_paths)
-
-
-#: library warnings that every process hosting a model repeats (peft warns when the second of our two adapters,
-#: shared and identity, is added: that is the design): never shown by Ray's processes, whose output reaches the
-#: console asynchronously, after the run's summary
-QUIET_IN_WORKERS = ("Already found a `peft_config` attribute in the model",)
-
-
-def quiet_library_warnings() -> None:
-    """Each library warning at most once in this process (by message, wherever it is raised), and those of
-    :data:`QUIET_IN_WORKERS` not at all in the processes Ray starts from this one (``PYTHONWARNINGS`` is how the
-    filter reaches them: a local Ray instance starts its workers with this environment)."""
-    warnings.filterwarnings("once", category=UserWarning)
-    have = [w for w in os.environ.get("PYTHONWARNINGS", "").split(",") if w]
-    want = [f"ignore:{m}" for m in QUIET_IN_WORKERS]
-    os.environ["PYTHONWARNINGS"] = ",".join(have + [w for w in want if w not in have])
 
 
 class EtaEstimator:
@@ -231,7 +207,7 @@ def cmd_privacy(args) -> int:
 
 
 def cmd_audit(args) -> int:
-    from pftray.privacy.audit import audit_run
+    from pftray.evaluation.audit import audit_run
 
     run = Path(args.run_dir)
     if not (run / "config.yaml").exists():
@@ -339,28 +315,6 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(p, required=False)
     p.set_defaults(fn=cmd_config)
     return ap
-
-
-def dispatch(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
-    """Parse ``argv`` and run the chosen command; every error becomes one line on stderr and its exit code."""
-    args = parser.parse_args(argv)
-    command = getattr(args, "command", "")
-    quiet_library_warnings()
-    try:
-        return int(args.fn(args) or 0)
-    except KeyboardInterrupt:
-        print("pftray: interrupted; the run directory keeps everything up to the last checkpoint "
-              "(resume with `pftray run --resume DIR`)", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Exception as exc:  # noqa: BLE001 - the CLI's contract: one clear line, exit 2 or 1
-        code = exit_code(exc)
-        line = error_line(exc, command)
-        if code != EXIT_INPUT and command == "run":
-            line += ("" if line.endswith(".") else ".") + " Partial results (tables, checkpoints) are in the run directory; resume with --resume DIR."
-        print(line, file=sys.stderr)
-        if "PFTRAY_DEBUG" in os.environ:
-            raise
-        return code
 
 
 def main(argv: list[str] | None = None) -> int:

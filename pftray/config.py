@@ -120,9 +120,6 @@ class TrainConfig:
     tdc_space: str = _f("x0", "TDC on x0-predictions (default, see README) or eps-predictions", choices=("x0", "eps"))
     grad_clip: float = _f(1.0, "per-step gradient norm clip (0 = off)", range=(0.0, 1e6))
     precision: str = _f("fp32", "autocast dtype on GPU", choices=("fp32", "bf16", "fp16"))
-    dp_sgd: bool = _f(False, "sample-level DP-SGD inside clients (opacus) on the LoRA parameters")
-    dp_sgd_noise_multiplier: float = _f(1.0, "DP-SGD noise multiplier", range=(0.0, 100.0))
-    dp_sgd_max_grad_norm: float = _f(1.0, "DP-SGD per-sample clip", range=(1e-6, 1e6))
 
 
 @dataclass(frozen=True)
@@ -185,6 +182,11 @@ class PrivacyConfig:
     secagg_modulus_bits: int = _f(32, "fixed-point modulus 2^k (k <= 53: the fixed-point grid is exact in float64)",
                                   range=(8, 53))
     noise_scalars: float = _f(0.0, "stddev of noise on the ISFA scalars sent to the server", range=(0.0, 10.0))
+    dp_sgd: bool = _f(False, "sample-level DP-SGD inside clients on the LoRA parameters (was train.dp_sgd)")
+    dp_sgd_noise_multiplier: float = _f(1.0, "DP-SGD noise multiplier (was train.dp_sgd_noise_multiplier)",
+                                        range=(0.0, 100.0))
+    dp_sgd_max_grad_norm: float = _f(1.0, "DP-SGD per-clip gradient clip (was train.dp_sgd_max_grad_norm)",
+                                     range=(1e-6, 1e6))
 
 
 @dataclass(frozen=True)
@@ -403,24 +405,42 @@ def config_from_dict(data: Mapping[str, Any]) -> Config:
 #: keys that once existed but never did anything; old run directories still carry them in config.yaml, so they are
 #: dropped (not rejected) when read. Sampling steps live in eval.sample_steps.
 REMOVED_KEYS = {"model": ("sample_steps",), "eval": ("save_videos",), "data": ("cache_dir",)}
-#: keys renamed (old name -> new name), read under their old name from old run directories
-RENAMED_KEYS = {"fed": {"server_eps": "server_tau"}}
+#: keys renamed or moved (old dotted path -> new dotted path). Old run directories, old config files and ``--set``
+#: overrides are read under the old name; giving both names is an error.
+RENAMED_KEYS = {
+    "fed.server_eps": "fed.server_tau",
+    "train.dp_sgd": "privacy.dp_sgd",
+    "train.dp_sgd_noise_multiplier": "privacy.dp_sgd_noise_multiplier",
+    "train.dp_sgd_max_grad_norm": "privacy.dp_sgd_max_grad_norm",
+}
+
+
+def renamed_key(key: str) -> str:
+    """The current dotted path of ``key`` (itself unless it was renamed)."""
+    return RENAMED_KEYS.get(key, key)
 
 
 def _drop_removed(data: Mapping[str, Any]) -> Mapping[str, Any]:
-    touched = set(REMOVED_KEYS) | set(RENAMED_KEYS)
+    touched = set(REMOVED_KEYS) | {k.split(".")[0] for k in RENAMED_KEYS}
     if not any(isinstance(data.get(sec), Mapping) for sec in touched):
         return data
-    out = dict(data)
-    for sec in touched:
-        if isinstance(out.get(sec), Mapping):
-            section = {k: v for k, v in out[sec].items() if k not in REMOVED_KEYS.get(sec, ())}
-            for old, new in RENAMED_KEYS.get(sec, {}).items():
-                if old in section:
-                    if new in section:
-                        raise ConfigError(f"{sec}.{old}: renamed to {sec}.{new}; give only {sec}.{new}")
-                    section[new] = section.pop(old)
-            out[sec] = section
+    out = {k: (dict(v) if k in touched and isinstance(v, Mapping) else v) for k, v in data.items()}
+    for sec, keys in REMOVED_KEYS.items():
+        if isinstance(out.get(sec), dict):
+            for k in keys:
+                out[sec].pop(k, None)
+    for old, new in RENAMED_KEYS.items():
+        (osec, okey), (nsec, nkey) = old.split("."), new.split(".")
+        if not (isinstance(out.get(osec), dict) and okey in out[osec]):
+            continue
+        target = out.get(nsec)
+        if target is None:
+            target = out[nsec] = {}
+        elif not isinstance(target, dict):
+            continue  # the section's own type error is reported by the validation
+        if nkey in target:
+            raise ConfigError(f"{old}: renamed to {new}; give only {new}")
+        target[nkey] = out[osec].pop(okey)
     return out
 
 
@@ -455,7 +475,7 @@ def apply_overrides(cfg: Config | Mapping[str, Any], overrides: Mapping[str, Any
     items = [_parse_override(s) for s in overrides] if isinstance(overrides, list) else list(overrides.items())
     data = cfg.to_dict() if isinstance(cfg, Config) else copy.deepcopy(dict(cfg))
     for key, value in items:
-        _set_dotted(data, key, value)
+        _set_dotted(data, renamed_key(key), value)
     return config_from_dict(data)
 
 

@@ -11,7 +11,7 @@ any other exception       1  an unexpected failure, reported the same way as a r
 
 A few exception types from elsewhere are input errors as well: ``FileNotFoundError`` and ``FileExistsError``
 (a named path that is missing or already taken), :class:`pftray.data.types.DataError` (bad data on disk) and
-:class:`pftray.runtime.pool.TierError` (a tier asks for resources the cluster does not have). The command line
+:class:`pftray.runtime.ray_pool.TierError` (a tier asks for resources the cluster does not have). The command line
 prints every error as **one line** on stderr, ``pftray: error: <message>``, never a traceback (set
 ``PFTRAY_DEBUG=1`` to re-raise it).
 
@@ -52,7 +52,7 @@ class RuntimeFailure(PftrayError, RuntimeError):
 
 #: (module, class name) of input errors defined in modules that this one must not import (they are heavy or
 #: import this module); an exception can only be one of them if its module is already imported
-_FOREIGN_INPUT_ERRORS = (("pftray.data.types", "DataError"), ("pftray.runtime.pool", "TierError"))
+_FOREIGN_INPUT_ERRORS = (("pftray.data.types", "DataError"), ("pftray.runtime.ray_pool", "TierError"))
 
 
 def _foreign_input_errors() -> tuple[type[BaseException], ...]:

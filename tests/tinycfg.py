@@ -1,4 +1,4 @@
-"""The tiny experiment config the tests train in seconds on CPU."""
+"""The one tiny experiment config of the tests (trains in seconds on CPU), and its smaller sweep-trial variant."""
 
 from __future__ import annotations
 
@@ -14,6 +14,31 @@ TINY = {
     "eval": {"clips": 1, "frames": 4},
     "runtime": {"resident_clients": 2},
 }
+
+
+def tiny_dict(**overrides) -> dict:
+    """A deep copy of :data:`TINY` as a plain mapping, with dotted-key overrides set, e.g. ``{"fed.rounds": 3}``."""
+    import copy
+
+    out = copy.deepcopy(TINY)
+    for key, value in overrides.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = copy.deepcopy(value)
+    return out
+
+
+#: :data:`TINY` cut down for the sweep tests, whose trials run under Ray Tune (about 5 s per round on one core):
+#: 2 clients with one clip of 4 frames, one round of one step, Poisson sampling at rate 1 (what client-level DP is
+#: accounted for; no empty rounds), clipping on (so a sampled noise multiplier means client-level DP)
+TINY_TRIAL = tiny_dict(**{
+    "data.num_clients": 2, "data.clips_per_client": 1, "data.frames_per_clip": 4, "data.public_identities": 2,
+    "data.unreliable_fraction": 0.0, "train.local_steps": 1, "fed.rounds": 1, "fed.clients_per_round": 1,
+    "fed.sample_rate": 1.0, "fed.mu": 0.01, "privacy.clipping_norm": 1.0, "runtime.num_cpus": 2,
+    "runtime.round_timeout_s": 240.0, "eval.frames": 2, "eval.sample_steps": 1,
+})
 
 
 def tiny_config(**overrides):

@@ -3,7 +3,8 @@
 Shard format (one Parquet file per client, :func:`save_client_shard`): one row per clip with columns
 ``clip_id, identity, split ("train" | "heldout"), crc32`` and, for each array field of :class:`Clip`, a binary
 column holding the C-order bytes plus a ``<field>_shape`` list column. The dtypes are fixed by the Clip
-contract. The client's metadata and base64 reference frame are in the schema metadata under ``b"pftray"``.
+contract. The optional per-frame ``Clip.extras`` go in one ``extras`` binary column (an uncompressed ``.npz``
+of the named arrays; empty bytes when there are none), and their bytes join the row's CRC32. The client's metadata and base64 reference frame are in the schema metadata under ``b"pftray"``.
 Files are written to a temporary name and moved into place with ``os.replace`` (never half-written);
 Parquet page checksums and a per-row CRC32 over all array bytes detect corruption on load.
 """
@@ -11,8 +12,10 @@ Parquet page checksums and a per-row CRC32 over all array bytes detect corruptio
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
+import zipfile
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -119,10 +122,27 @@ def _crc(arrays: Sequence[np.ndarray]) -> int:
     return crc
 
 
+def _pack_extras(extras: dict[str, np.ndarray]) -> tuple[bytes, list[np.ndarray]]:
+    if not extras:
+        return b"", []
+    names = sorted(extras)
+    arrays = [np.ascontiguousarray(extras[k]) for k in names]
+    buf = io.BytesIO()
+    np.savez(buf, **dict(zip(names, arrays)))
+    return buf.getvalue(), arrays
+
+
+def _unpack_extras(raw: bytes | None) -> dict[str, np.ndarray]:
+    if not raw:
+        return {}
+    with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+        return {k: z[k].copy() for k in sorted(z.files)}
+
+
 def save_client_shard(client: ClientData, path: str | os.PathLike) -> Path:
     """Write ``client`` to a Parquet shard at ``path`` atomically (temp file + ``os.replace``)."""
     path = Path(path)
-    rows: dict[str, list] = {"clip_id": [], "identity": [], "split": [], "crc32": []}
+    rows: dict[str, list] = {"clip_id": [], "identity": [], "split": [], "crc32": [], "extras": []}
     for name in _ARRAY_FIELDS:
         rows[name], rows[f"{name}_shape"] = [], []
     for split, clips in (("train", client.train), ("heldout", client.heldout)):
@@ -132,7 +152,9 @@ def save_client_shard(client: ClientData, path: str | os.PathLike) -> Path:
             rows["identity"].append(clip.identity)
             rows["split"].append(split)
             arrays = [np.ascontiguousarray(getattr(clip, name)) for name in _ARRAY_FIELDS]
-            rows["crc32"].append(_crc(arrays))
+            packed, extra_arrays = _pack_extras(clip.extras)
+            rows["extras"].append(packed)
+            rows["crc32"].append(_crc(arrays + extra_arrays))
             for name, arr in zip(_ARRAY_FIELDS, arrays):
                 rows[name].append(arr.tobytes())
                 rows[f"{name}_shape"].append(list(arr.shape))
@@ -141,6 +163,7 @@ def save_client_shard(client: ClientData, path: str | os.PathLike) -> Path:
         pa.field("identity", pa.string()),
         pa.field("split", pa.string()),
         pa.field("crc32", pa.int64()),
+        pa.field("extras", pa.large_binary()),
     ]
     for name in _ARRAY_FIELDS:
         fields += [pa.field(name, pa.large_binary()), pa.field(f"{name}_shape", pa.list_(pa.int64()))]
@@ -196,9 +219,10 @@ def load_client_shard(path: str | os.PathLike) -> ClientData:
                 name: np.frombuffer(cols[name][i], dtype=dtype).reshape(cols[f"{name}_shape"][i]).copy()
                 for name, dtype in _ARRAY_FIELDS.items()
             }
-            if _crc(list(arrays.values())) != cols["crc32"][i]:
+            extras = _unpack_extras(cols["extras"][i] if "extras" in cols else None)
+            if _crc(list(arrays.values()) + list(extras.values())) != cols["crc32"][i]:
                 raise DataError(f"checksum mismatch in clip {cols['clip_id'][i]!r}")
-            clip = Clip(**arrays, identity=cols["identity"][i], clip_id=cols["clip_id"][i])
+            clip = Clip(**arrays, identity=cols["identity"][i], clip_id=cols["clip_id"][i], extras=extras)
             clip.validate()
             split = cols["split"][i]
             if split not in ("train", "heldout"):
@@ -214,5 +238,5 @@ def load_client_shard(path: str | os.PathLike) -> ClientData:
         )
     except DataError as err:
         raise DataError(f"corrupt client shard {path}: {err}") from err
-    except (OSError, pa.ArrowException, ValueError, KeyError, TypeError) as err:
+    except (OSError, pa.ArrowException, ValueError, KeyError, TypeError, zipfile.BadZipFile) as err:
         raise DataError(f"corrupt client shard {path}: {type(err).__name__}: {err}") from err

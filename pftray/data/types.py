@@ -9,7 +9,7 @@ Conventions (fixed across pftray):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -49,6 +49,10 @@ class Clip:
         mouth_box: int32 ``[T, 4]`` ``y0, y1, x0, x1`` pixel box (half-open) around the mouth in each frame.
         identity: identity name (``"client-3"``, ``"pub-3"``, or the speaker directory for real data).
         clip_id: unique id of the clip within its identity.
+        extras: optional per-frame arrays keyed by name, each with the frame count as its first dimension, e.g.
+            ``"landmarks"`` float32 ``[T, 68, 2]`` (real data, pixel coordinates in the crop) or the synthetic
+            scenario's ground truth. Empty for data made before they existed; stored in the shard beside the
+            fixed fields and covered by the same checksum.
     """
 
     frames: np.ndarray
@@ -59,6 +63,7 @@ class Clip:
     mouth_box: np.ndarray
     identity: str
     clip_id: str
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def num_frames(self) -> int:
@@ -70,6 +75,8 @@ class Clip:
             return NotImplemented
         return (self.identity, self.clip_id) == (other.identity, other.clip_id) and all(
             _arrays_equal(getattr(self, f), getattr(other, f)) for f in ARRAY_FIELDS
+        ) and sorted(self.extras) == sorted(other.extras) and all(
+            _arrays_equal(self.extras[k], other.extras[k]) for k in self.extras
         )
 
     __hash__ = None  # mutable container of arrays
@@ -93,6 +100,11 @@ class Clip:
                 raise DataError(f"clip {self.clip_id!r}: {name} has shape {arr.shape}, expected {shape}")
         if t < 1:
             raise DataError(f"clip {self.clip_id!r}: needs at least one frame, got {t}")
+        for name, arr in self.extras.items():
+            if not isinstance(arr, np.ndarray) or arr.ndim < 1 or arr.shape[0] != t:
+                got = getattr(arr, "shape", type(arr).__name__)
+                raise DataError(f"clip {self.clip_id!r}: extras[{name!r}] must be an array with {t} frames first, "
+                                f"got {got}")
         if not np.isfinite(self.mouth).all() or self.mouth.min() < 0 or self.mouth.max() > 1:
             raise DataError(f"clip {self.clip_id!r}: mouth must be finite and in [0, 1]")
 

@@ -257,7 +257,7 @@ def plot_client_spread(evals: pd.DataFrame, path: Path, *, title: str,
     return _save(fig, path)
 
 
-#: rows of the run's sample grids (``samples/client-K_round-N.png``, :func:`pftray.fed.evaluate.save_grid`) by count
+#: rows of the run's sample grids (``samples/client-K_round-N.png``, :func:`pftray.fed.heldout.save_grid`) by count
 GRID_ROWS = {3: ("ground truth", "backbone", "personalised"), 2: ("ground truth", "personalised")}
 
 

@@ -21,16 +21,15 @@ import torch.nn.functional as F
 
 from pftray.config import Config
 from pftray.data import ClientData, clips_to_batch
-from pftray.errors import ConfigError
 from pftray.model.adapters import (
     adapter_parameters,
-    add_adapters,
     flatten_state,
     get_adapter_state,
     load_adapter_state,
     set_trainable,
     unflatten_state,
 )
+from pftray.model.factory import build_model, check_precision, initial_identity_state
 from pftray.model.generator import TalkingHeadModel
 from pftray.model.losses import diffusion_losses, proximal_term
 
@@ -46,7 +45,7 @@ class ClientState:
     identity: dict[str, torch.Tensor]
     optimizer: dict[str, Any] | None = None
     rounds_trained: int = 0
-    privacy: dict[str, Any] | None = None  # sample-level DP-SGD ledger of this client (when train.dp_sgd)
+    privacy: dict[str, Any] | None = None  # sample-level DP-SGD ledger of this client (when privacy.dp_sgd)
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
@@ -92,37 +91,6 @@ class ClientUpdate:
                                               "message", "sample_epsilon")}
 
 
-def build_model(cfg: Config, *, device: str | torch.device = "cpu") -> TalkingHeadModel:
-    """The backbone (loaded from ``model.backbone`` when set) with both adapters added and everything frozen."""
-    model = TalkingHeadModel(cfg.model, cfg.data)
-    if cfg.model.backbone:
-        model.load_backbone(cfg.model.backbone)
-    model.requires_grad_(False)
-    add_adapters(model.unet, cfg.lora, seed=cfg.experiment.seed)
-    return model.to(device).eval()
-
-
-def initial_identity_state(model: TalkingHeadModel, client_id: int, seed: int) -> dict[str, torch.Tensor]:
-    """Fresh identity adapter for a client: A from a per-client seed (kaiming as peft does), B = 0."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + client_id)
-    out = {}
-    for k, p in adapter_parameters(model.unet, "identity").items():
-        if ".lora_A." in k:
-            bound = 1.0 / math.sqrt(p.shape[1])  # kaiming_uniform(a=sqrt(5)) bound used by peft
-            out[k] = (torch.rand(p.shape, generator=g) * 2 - 1) * bound
-        else:
-            out[k] = torch.zeros(p.shape)
-    return out
-
-
-def check_precision(precision: str, dp_sgd: bool, *, key: str = "train.precision") -> None:
-    """Refuse ``fp16`` with DP-SGD: fp16 needs a GradScaler, whose scaled (possibly overflowed, then skipped)
-    gradients DP-SGD's per-clip clipping and noise must not see; the DP-SGD step runs in fp32 anyway."""
-    if precision == "fp16" and dp_sgd:
-        raise ConfigError(f"{key}: 'fp16' cannot be used with train.dp_sgd (DP-SGD clips per-clip gradients, a "
-                          f"GradScaler would scale them); use 'fp32' (the DP-SGD step runs in fp32)")
-
-
 def optimizer_step(loss: torch.Tensor, optimizers: list[torch.optim.Optimizer], params: list[torch.Tensor], *,
                    scaler: torch.amp.GradScaler, grad_clip: float) -> bool:
     """Backward, gradient clip and step of every optimiser through ``scaler`` (fp16 on CUDA; a disabled
@@ -148,7 +116,7 @@ class ClientTrainer:
     """Runs local training for any client on one model instance (a worker hosts many clients)."""
 
     def __init__(self, cfg: Config, *, device: str | torch.device = "cpu", model: TalkingHeadModel | None = None):
-        check_precision(cfg.train.precision, cfg.train.dp_sgd)
+        check_precision(cfg.train.precision, cfg.privacy.dp_sgd)
         self.cfg = cfg
         self.device = torch.device(device)
         self.model = model if model is not None else build_model(cfg, device=self.device)
@@ -208,7 +176,7 @@ class ClientTrainer:
         steps = cfg.train.local_steps if local_steps is None else local_steps
         scaler, skipped = self._grad_scaler(), 0
         for _ in range(steps):
-            if cfg.train.dp_sgd:
+            if cfg.privacy.dp_sgd:
                 loss_v, diff_v, tdc_v = self._dp_sgd_step(client, rng, gen, [opt_id] + ([opt_sh] if opt_sh else []),
                                                           train_shared, mu, global_params)
             else:
@@ -231,7 +199,7 @@ class ClientTrainer:
             diffs.append(diff_v)
             tdcs.append(tdc_v)
         sample_eps = math.nan
-        if cfg.train.dp_sgd:
+        if cfg.privacy.dp_sgd:
             from pftray.privacy.accounting import PrivacyLedger
             from pftray.privacy.dpsgd import dp_sgd_event
 
@@ -239,7 +207,7 @@ class ClientTrainer:
             if state.privacy:
                 ledger.load_state_dict(state.privacy)
             n = len(client.train)
-            ledger.record(dp_sgd_event(noise_multiplier=cfg.train.dp_sgd_noise_multiplier,
+            ledger.record(dp_sgd_event(noise_multiplier=cfg.privacy.dp_sgd_noise_multiplier,
                                        batch_clips=min(cfg.train.batch_clips, n), num_train_clips=n,
                                        local_steps=steps))
             state.privacy = ledger.state_dict()
@@ -281,8 +249,8 @@ class ClientTrainer:
         params = dict(adapter_parameters(self.model.unet, "identity"))
         if train_shared:
             params.update(adapter_parameters(self.model.unet, "shared"))
-        out = dp_sgd_step(self.model, batch, params, optimizers, noise_multiplier=cfg.train.dp_sgd_noise_multiplier,
-                          max_grad_norm=cfg.train.dp_sgd_max_grad_norm, expected_batch_size=q * n, generator=gen,
+        out = dp_sgd_step(self.model, batch, params, optimizers, noise_multiplier=cfg.privacy.dp_sgd_noise_multiplier,
+                          max_grad_norm=cfg.privacy.dp_sgd_max_grad_norm, expected_batch_size=q * n, generator=gen,
                           lambda_tdc=cfg.train.lambda_tdc, tdc_space=cfg.train.tdc_space,
                           mu=mu if train_shared else 0.0, global_params=global_params if train_shared else None)
         loss = float(out["loss"]) if out.get("loss") is not None else math.nan

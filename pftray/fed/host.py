@@ -271,7 +271,7 @@ class ClientHost:
     # ----------------------------------------------------------------------------------------- evaluate
     def evaluate(self, client_ids: list[int], global_shared: np.ndarray, server_round: int, *,
                  baseline: bool = True, save_dir: str | None = None) -> list[dict[str, Any]]:
-        from pftray.fed.evaluate import evaluate_client
+        from pftray.fed.heldout import evaluate_client
 
         rows = []
         for cid in client_ids:

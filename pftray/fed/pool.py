@@ -1,7 +1,10 @@
-"""An in-process pool of client hosts (no Ray): what tests and single-process runs use.
+"""The pool contract between the federated server and its client hosts, and its in-process implementation.
 
-Clients map to hosts by ``client_id % len(hosts)``; the Ray pool (:mod:`pftray.runtime.pool`) keeps the same
-contract with actors instead of objects.
+:class:`Pool` is what :class:`~pftray.fed.server.FederatedServer` drives: ``fit`` the round's clients,
+``contribute`` their (clipped, weighted, noised or masked) updates to the sum, run a secure-aggregation
+``secagg_stage``, ``evaluate``. :class:`LocalPool` implements it over client-host objects in this process (no
+Ray): what tests and single-process runs use. Clients map to hosts by ``client_id % len(hosts)``; the Ray pool
+(:mod:`pftray.runtime.ray_pool`) keeps the same contract with actors instead of objects.
 
 Both pools call an optional ``on_client_done(report)`` as each client's fit report reaches the driver (the
 report the driver gets anyway, plus ``server_round``, ``n_done`` and ``n_clients`` of the round): progress
@@ -11,11 +14,27 @@ printing, nothing else.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from pftray.fed.host import ClientHost
+if TYPE_CHECKING:
+    from pftray.fed.host import ClientHost
+
+
+class Pool(Protocol):
+    """What the server needs of a pool of client hosts: :class:`LocalPool` or
+    :class:`~pftray.runtime.ray_pool.RayPool`."""
+
+    def fit(self, ids: list[int], global_shared: np.ndarray, server_round: int,
+            round_cfg: dict[str, Any]) -> list[dict[str, Any]]: ...
+
+    def contribute(self, scales: dict[int, float | None], **kw: Any) -> tuple[np.ndarray, dict[int, dict[str, Any]]]: ...
+
+    def secagg_stage(self, stage: str, messages: dict[int, Any], **kw: Any) -> dict[int, Any]: ...
+
+    def evaluate(self, ids: list[int], global_shared: np.ndarray, server_round: int,
+                 **kw: Any) -> list[dict[str, Any]]: ...
 
 
 def group_by_host(ids, num_hosts: int) -> dict[int, list[int]]:
@@ -35,6 +54,8 @@ def notify_client_done(hook: Callable[[dict[str, Any]], None] | None, reports: l
 
 
 class LocalPool:
+    """:class:`Pool` over client hosts in this process; client ``c`` goes to host ``c % len(hosts)``."""
+
     def __init__(self, hosts: list[ClientHost]):
         if not hosts:
             raise ValueError("LocalPool needs at least one host")
@@ -74,3 +95,6 @@ class LocalPool:
         for h, group in group_by_host(ids, len(self.hosts)).items():
             rows += self.hosts[h].evaluate(group, global_shared, server_round, **kw)
         return rows
+
+    def shutdown(self) -> None:
+        """Nothing to release: the hosts are plain objects of this process (the Ray pool kills its actors)."""

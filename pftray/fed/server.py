@@ -31,30 +31,19 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 
 from pftray.config import Config
+from pftray.fed.pool import Pool
 from pftray.fed.strategy import ServerOptimizer, make_strategy
 from pftray.privacy.dp import AdaptiveClipping
 from pftray.privacy.layer import DPLayer
 from pftray.results import RunDir, atomic_write_bytes, atomic_write_text
 
 METRIC_KEYS = ("psnr", "ssim", "mouth_psnr", "mouth_ssim", "lip_sync", "jitter", "temp_stab_eval")
-
-
-class Pool(Protocol):
-    def fit(self, ids: list[int], global_shared: np.ndarray, server_round: int,
-            round_cfg: dict[str, Any]) -> list[dict[str, Any]]: ...
-
-    def contribute(self, scales: dict[int, float | None], **kw: Any) -> tuple[np.ndarray, dict[int, dict[str, Any]]]: ...
-
-    def secagg_stage(self, stage: str, messages: dict[int, Any], **kw: Any) -> dict[int, Any]: ...
-
-    def evaluate(self, ids: list[int], global_shared: np.ndarray, server_round: int,
-                 **kw: Any) -> list[dict[str, Any]]: ...
 
 
 class RunError(RuntimeError):
@@ -374,7 +363,7 @@ class FederatedServer:
         name = f"round-{st.server_round:05d}.pt"
         atomic_write_bytes(self.run.checkpoints / name, buf.getvalue())
         atomic_write_text(self.run.checkpoints / "LATEST", name)
-        if self.ledger is not None or self.cfg.train.dp_sgd:
+        if self.ledger is not None or self.cfg.privacy.dp_sgd:
             import json
 
             atomic_write_text(self.run.path / "privacy.json", json.dumps(self.privacy_summary(), indent=2))
@@ -408,7 +397,7 @@ class FederatedServer:
                 "epsilon_max_over_clients": self.sample_epsilon_max, "delta": p.target_delta,
                 "guarantee": "per client, add/remove one training clip (opacus DP-SGD on the LoRA parameters); a "
                              "different neighbouring relation from the client-level epsilon: never add the two",
-            } if self.cfg.train.dp_sgd else None,
+            } if self.cfg.privacy.dp_sgd else None,
         }
 
     def restore(self) -> int:

@@ -26,8 +26,8 @@ def initial_shared(cfg: Config) -> np.ndarray:
     """The round-0 global shared adapter: LoRA A from the experiment seed, B = 0 (the identity map)."""
     import torch
 
-    from pftray.fed.client import build_model
     from pftray.model.adapters import flatten_state, get_adapter_state
+    from pftray.model.factory import build_model
 
     torch.manual_seed(cfg.experiment.seed)
     model = build_model(cfg)
@@ -66,15 +66,41 @@ def make_server(cfg: Config, run: RunDir, pool, progress=None):
     return server
 
 
+def make_pool(cfg: Config, run_dir: str | Path, *, kind: str = "ray", local_hosts: int = 1, device: str = "cpu",
+              worker: str = "local", on_client_done: Callable[[dict[str, Any]], None] | None = None):
+    """The one place a pool of client hosts is built (``pftray run``, the driver actor, sweep trials).
+
+    ``kind="ray"``: a :class:`~pftray.runtime.ray_pool.RayPool` of worker actors over ``cfg.runtime.tiers`` (needs
+    a running Ray); ``kind="local"``: a :class:`~pftray.fed.pool.LocalPool` of ``local_hosts`` in-process hosts on
+    ``device``, named ``<worker>-<i>``. ``on_client_done`` receives each client's fit report as it arrives.
+    Callers release it with ``pool.shutdown()``.
+    """
+    if kind == "ray":
+        from pftray.runtime.ray_pool import RayPool
+
+        pool = RayPool(cfg, str(run_dir))
+    elif kind == "local":
+        from pftray.fed.host import ClientHost
+        from pftray.fed.pool import LocalPool
+
+        pool = LocalPool([ClientHost(cfg, str(run_dir), device=device, worker=f"{worker}-{i}")
+                          for i in range(local_hosts)])
+    else:
+        raise ValueError(f"make_pool: kind must be 'ray' or 'local', got {kind!r}")
+    pool.on_client_done = on_client_done
+    return pool
+
+
 def run_local(cfg: Config, run: RunDir, *, num_hosts: int = 1,
               progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run in this process over ``num_hosts`` client hosts (no Ray)."""
-    from pftray.fed.host import ClientHost
-    from pftray.fed.pool import LocalPool
-
-    pool = LocalPool([ClientHost(cfg, str(run.path), worker=f"local-{i}") for i in range(num_hosts)])
-    pool.on_client_done = getattr(progress, "client_done", None)  # per-client lines of the CLI's RoundPrinter
-    return make_server(cfg, run, pool, progress).run_rounds()
+    # per-client lines of the CLI's RoundPrinter
+    pool = make_pool(cfg, run.path, kind="local", local_hosts=num_hosts,
+                     on_client_done=getattr(progress, "client_done", None))
+    try:
+        return make_server(cfg, run, pool, progress).run_rounds()
+    finally:
+        pool.shutdown()
 
 
 def _driver_class():
@@ -110,10 +136,7 @@ def _driver_class():
                 return dict(self.latest), events
 
         def run_rounds(self) -> dict[str, Any]:
-            from pftray.runtime.pool import RayPool
-
-            pool = RayPool(self.cfg, str(self.run.path))
-            pool.on_client_done = self._client_done
+            pool = make_pool(self.cfg, self.run.path, on_client_done=self._client_done)
             try:
                 summary = make_server(self.cfg, self.run, pool, self._progress).run_rounds()
                 summary["placement"] = pool.placement()
@@ -146,7 +169,7 @@ def run_ray(cfg: Config, run: RunDir, *, progress: Callable[[dict[str, Any]], No
     import ray
 
     init_ray(cfg)
-    from pftray.runtime.pool import check_tiers
+    from pftray.runtime.ray_pool import check_tiers
 
     check_tiers(cfg.runtime.tiers)  # fail here, in the caller, rather than inside the driver actor
     driver = _driver_class().options(num_cpus=0).remote(cfg.to_dict(), str(run.path))

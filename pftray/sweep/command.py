@@ -93,10 +93,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``sweeps/run_sweep.py``: same arguments as ``pftray sweep``, same exit codes and one-line
-    errors (:func:`pftray.cli.dispatch`)."""
+    errors (:func:`pftray.entry.dispatch`)."""
     import sys
 
-    from pftray.cli import ArgParser, dispatch
+    from pftray.entry import ArgParser, dispatch
 
     ap = ArgParser(prog="run_sweep.py", description="pftray sweep (Ray Tune + Optuna)")
     sub = ap.add_subparsers(dest="command", required=True)

@@ -26,7 +26,7 @@ sweep and for its smoke variant, whose ``smoke_test.scheduler`` overrides the sc
 
 Every trial is a plain function of its sampled config (:func:`sweep_trainable`): it builds the
 :class:`~pftray.config.Config`, prepares a run directory ``<trial dir>/run`` (the same run-directory contract as
-``pftray run``), runs the rounds over a :class:`~pftray.runtime.pool.RayPool` (``trial.pool: ray``) or an
+``pftray run``), runs the rounds over a :class:`~pftray.runtime.ray_pool.RayPool` (``trial.pool: ray``) or an
 in-process :class:`~pftray.fed.pool.LocalPool` (``trial.pool: local``) and reports every round to Tune.
 
 Resources: a trial reserves its driver *and* its workers together, ``PlacementGroupFactory([{CPU: driver},

@@ -32,7 +32,7 @@ def trial_config(spec: SweepSpec, params: Mapping[str, Any], *, trial_id: str = 
 
 def worker_bundles(tiers: tuple[TierConfig, ...]) -> list[dict[str, float]]:
     """One placement-group bundle per worker actor of every tier (what ``RayPool`` will ask for)."""
-    from pftray.runtime.pool import tier_request
+    from pftray.runtime.ray_pool import tier_request
 
     bundles = []
     for tier in tiers:
@@ -117,7 +117,7 @@ def run_trial(
     federated checkpoint; a run that had already finished re-reports its rounds instead of training again.
     """
     from pftray.results import RunDir
-    from pftray.runtime.driver import make_server, prepare_run, resume_config
+    from pftray.runtime.driver import make_pool, make_server, prepare_run, resume_config
 
     cfg = trial_config(spec, params, trial_id=trial_id)
     run = RunDir(run_path)
@@ -132,24 +132,13 @@ def run_trial(
     run.update_meta(trial_id=trial_id, sweep=spec.name, params=dict(params))
     reporter = RoundReporter(cfg, str(run.path), report)
     t0 = time.perf_counter()
-    if spec.trial.pool == "ray":
-        from pftray.runtime.pool import RayPool
-
-        pool = RayPool(cfg, str(run.path))
-    else:
+    if spec.trial.pool == "local":
         import torch
 
-        from pftray.fed.host import ClientHost
-        from pftray.fed.pool import LocalPool
-
         torch.set_num_threads(max(1, int(spec.trial.local_cpus)))
-        device = _trial_device(spec.trial.local_gpus)
-        pool = LocalPool(
-            [
-                ClientHost(cfg, str(run.path), device=device, worker=f"{trial_id}-local-{i}")
-                for i in range(spec.trial.local_hosts)
-            ]
-        )
+    pool = make_pool(cfg, run.path, kind=spec.trial.pool, local_hosts=spec.trial.local_hosts,
+                     device=_trial_device(spec.trial.local_gpus) if spec.trial.pool == "local" else "cpu",
+                     worker=f"{trial_id}-local")
     server = None
     try:
         server = make_server(cfg, run, pool, reporter)
@@ -172,8 +161,7 @@ def run_trial(
         run.update_meta(status="failed", error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
-        if hasattr(pool, "shutdown"):
-            pool.shutdown()
+        pool.shutdown()
     wall = time.perf_counter() - t0
     run.update_meta(wall_s=wall)
     return {**summary, "wall_s": wall}

@@ -209,3 +209,36 @@ def test_corrupt_shards_raise_data_error_naming_the_file(tmp_path, federation):
         )
         save_client_shard(broken, path)
     assert_client_equal(load_client_shard(path), federation[0])
+
+
+def test_shard_round_trip_keeps_extras_under_the_checksum(tmp_path, federation):
+    import dataclasses
+
+    c = federation[0]
+    t = c.train[0].num_frames
+    lm = np.random.default_rng(0).normal(size=(t, 68, 2)).astype(np.float32)
+    clip = dataclasses.replace(c.train[0], extras={"landmarks": lm, "gain": np.arange(t, dtype=np.float32)})
+    with_extras = ClientData(c.client_id, c.identity, c.reference, [clip] + c.train[1:], c.heldout, c.unreliable)
+    path = save_client_shard(with_extras, tmp_path / "x.parquet")
+    back = load_client_shard(path)
+    assert back == with_extras and back != c
+    np.testing.assert_array_equal(back.train[0].extras["landmarks"], lm)
+    assert all(other.extras == {} for other in back.train[1:] + back.heldout)
+    # an extras array with the wrong frame count is refused at write time, naming the field
+    bad = dataclasses.replace(c.train[0], extras={"landmarks": lm[:-1]})
+    with pytest.raises(DataError, match="landmarks"):
+        save_client_shard(ClientData(0, "x", c.reference, [bad], [], None), tmp_path / "y.parquet")
+    # flipping bytes inside the extras column is caught (its bytes are in the row CRC)
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    cols = table.to_pydict()
+    row = next(i for i, b in enumerate(cols["extras"]) if b)
+    raw = bytearray(cols["extras"][row])
+    raw[len(raw) // 2] ^= 0xFF  # inside the stored (uncompressed) array data
+    cols["extras"][row] = bytes(raw)
+    import pyarrow as pa
+
+    pq.write_table(pa.Table.from_pydict(cols, schema=table.schema), tmp_path / "z.parquet")
+    with pytest.raises(DataError, match="z.parquet"):
+        load_client_shard(tmp_path / "z.parquet")

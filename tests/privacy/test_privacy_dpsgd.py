@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pftray.data import clips_to_batch
-from pftray.fed.client import build_model
 from pftray.fed.host import ClientProvider
 from pftray.model.adapters import ADAPTERS, adapter_parameters, set_trainable
+from pftray.model.factory import build_model
 from pftray.model.losses import diffusion_losses, encode_batch
 from pftray.privacy.accounting import PrivacyLedger, compute_epsilon
 from pftray.privacy.dpsgd import (

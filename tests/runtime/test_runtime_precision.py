@@ -11,9 +11,10 @@ import torch
 
 from pftray.data import make_client
 from pftray.errors import ConfigError
-from pftray.fed.client import ClientTrainer, check_precision, optimizer_step
+from pftray.fed.client import ClientTrainer, optimizer_step
 from pftray.fed.host import ClientProvider
 from pftray.model.adapters import flatten_state, get_adapter_state
+from pftray.model.factory import check_precision
 from tests.tinycfg import tiny_config
 
 
@@ -72,12 +73,12 @@ def test_an_overflowing_step_is_skipped_and_the_scale_backs_off():
 def test_fp16_with_dp_sgd_is_refused_naming_the_key():
     check_precision("fp16", False)
     check_precision("bf16", True)
-    with pytest.raises(ConfigError, match=r"^train.precision: 'fp16' cannot be used with train.dp_sgd"):
+    with pytest.raises(ConfigError, match=r"^train.precision: 'fp16' cannot be used with privacy.dp_sgd"):
         check_precision("fp16", True)
     with pytest.raises(ConfigError, match=r"runtime.tiers\[gpu\].precision"):
         check_precision("fp16", True, key="runtime.tiers[gpu].precision")
     with pytest.raises(ConfigError, match="train.precision: 'fp16'"):
-        ClientTrainer(tiny_config(**{"train.precision": "fp16", "train.dp_sgd": True}))
+        ClientTrainer(tiny_config(**{"train.precision": "fp16", "privacy.dp_sgd": True}))
 
 
 def test_fp16_on_cpu_trains_as_fp32_with_the_scaler_disabled():

@@ -11,7 +11,7 @@ import pytest
 from pftray.fed.server import FederatedServer
 from pftray.results import RunDir, load_run
 from pftray.runtime.driver import initial_shared, prepare_run
-from pftray.runtime.pool import RayPool, TierError, check_tiers, client_tier
+from pftray.runtime.ray_pool import RayPool, TierError, check_tiers, client_tier
 from tests.tinycfg import tiny_config
 
 pytestmark = pytest.mark.ray

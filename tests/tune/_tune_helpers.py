@@ -17,42 +17,9 @@ REPO = Path(__file__).resolve().parents[2]
 #: the interpreter running the tests (the project venv's own python): never a bare "python" from PATH
 PYTHON = sys.executable
 
-#: the smallest config that trains and evaluates (about 5 s per round on one CPU core)
-TINY_BASE: dict[str, Any] = {
-    "experiment": {"name": "tiny", "seed": 0},
-    "data": {
-        "resolution": 32,
-        "num_clients": 2,
-        "clips_per_client": 1,
-        "heldout_clips": 1,
-        "frames_per_clip": 4,
-        "n_mels": 16,
-        "audio_window": 8,
-        "public_identities": 2,
-        "public_clips_per_identity": 1,
-        "unreliable_fraction": 0.0,
-    },
-    "model": {
-        "vae_channels": [16, 32],
-        "unet_channels": [32, 32],
-        "attention_head_dim": 8,
-        "cross_attention_dim": 32,
-    },
-    "lora": {"shared_rank": 2, "identity_rank": 2},
-    "train": {"local_steps": 1, "batch_clips": 1, "window": 2},
-    "fed": {
-        "strategy": "isfa",
-        "rounds": 1,
-        "clients_per_round": 1,
-        "sample_rate": 1.0,  # Poisson sampling (what client-level DP is accounted for); 1.0: no empty rounds
-        "eval_every": 0,
-        "eval_clients": 1,
-        "mu": 0.01,
-    },
-    "privacy": {"clipping_norm": 1.0},
-    "runtime": {"num_cpus": 2, "round_timeout_s": 240.0},
-    "eval": {"clips": 1, "frames": 2, "sample_steps": 1},
-}
+if str(REPO) not in sys.path:  # also imported by _tune_cluster_sweep.py, run as a script
+    sys.path.insert(0, str(REPO))
+from tests.tinycfg import TINY_TRIAL as TINY_BASE  # noqa: E402  (the tests' one tiny config, cut down for trials)
 
 
 def sweep_dict(**top: Any) -> dict[str, Any]:

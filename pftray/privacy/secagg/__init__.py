@@ -29,7 +29,7 @@ the float64 sum of the survivors' clipped inputs (``len(outcome.survivors)`` of 
 
 from pftray.privacy.secagg.bench import benchmark_secagg
 from pftray.privacy.secagg.client import SecAggClient
-from pftray.privacy.secagg.driver import SecAggResult, run_secagg
+from pftray.privacy.secagg.inprocess import SecAggResult, run_secagg
 from pftray.privacy.secagg.messages import (
     STAGES,
     AdvertiseKeys,

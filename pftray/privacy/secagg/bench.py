@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from pftray.privacy.secagg.driver import run_secagg
+from pftray.privacy.secagg.inprocess import run_secagg
 
 __all__ = ["benchmark_secagg"]
 

@@ -66,7 +66,7 @@ class SecAggClient:
     def __init__(self, client_id: int, *, rng: np.random.Generator | None = None) -> None:
         self.client_id = int(client_id)
         self._rng = rng if rng is not None else np.random.default_rng()
-        self._stage = "setup"
+        self._stage = "advertise_keys"  # the stages are named as messages.STAGES: by what the client sends in them
         self._setup: SetupMessage | None = None
         self._c_sk = self._s_sk = b""
         self._peer_keys: dict[int, tuple[bytes, bytes]] = {}
@@ -79,7 +79,7 @@ class SecAggClient:
             raise SecAggProtocolError(
                 f"client {self.client_id}: got a '{stage}' message while in stage '{self._stage}'"
             )
-        if stage != "setup" and self._setup is None:  # pragma: no cover - guarded by the stage order
+        if stage != "advertise_keys" and self._setup is None:  # pragma: no cover - guarded by the stage order
             raise SecAggProtocolError(f"client {self.client_id}: not set up")
         return self._setup  # type: ignore[return-value]
 
@@ -90,7 +90,7 @@ class SecAggClient:
     # Stage 0 -> 1 -------------------------------------------------------------------------------------
     def setup(self, msg: SetupMessage) -> AdvertiseKeys:
         """Store the round parameters; generate and advertise the key pairs ``(c_pk, s_pk)``."""
-        self._expect("setup")
+        self._expect("advertise_keys")
         self._check_addressee(msg.client_id)
         if self.client_id not in msg.sample or self.client_id in msg.neighbours:
             raise SecAggProtocolError(f"client {self.client_id}: inconsistent sample/neighbours in setup")

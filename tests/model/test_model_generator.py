@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from pftray.data import make_client
-from pftray.fed.client import ClientTrainer, build_model
+from pftray.fed.client import ClientTrainer
 from pftray.fed.host import ClientProvider
 from pftray.model.adapters import (
     adapter_parameters,
@@ -14,6 +14,7 @@ from pftray.model.adapters import (
     set_trainable,
     unflatten_state,
 )
+from pftray.model.factory import build_model
 from pftray.model.losses import diffusion_losses, proximal_term, tdc_loss
 from tests.tinycfg import tiny_config
 

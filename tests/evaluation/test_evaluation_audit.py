@@ -11,9 +11,7 @@ import pytest
 import torch
 
 from pftray.data import clips_to_batch, load_client_shard
-from pftray.fed.client import ClientTrainer
-from pftray.fed.host import ClientProvider
-from pftray.privacy.audit import (
+from pftray.evaluation.audit import (
     CANARY_MANIFEST,
     audit_run,
     audit_scores,
@@ -21,6 +19,8 @@ from pftray.privacy.audit import (
     clip_errors,
     one_run_guesses,
 )
+from pftray.fed.client import ClientTrainer
+from pftray.fed.host import ClientProvider
 from pftray.privacy.audit_stats import one_run_epsilon_lower_bound
 from pftray.runtime.driver import run_federated
 from tests.tinycfg import tiny_config

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from pftray.errors import ConfigError, RuntimeFailure
-from pftray.runtime.pool import MARKER_PREFIX, RayPool, SharedRunDirError, check_marker_replies
+from pftray.runtime.ray_pool import MARKER_PREFIX, RayPool, SharedRunDirError, check_marker_replies
 from tests.tinycfg import tiny_config
 
 
@@ -31,7 +31,7 @@ def test_pool_start_checks_the_run_directory_with_local_ray(ray_session, tmp_pat
         assert not list(tmp_path.glob(f"{MARKER_PREFIX}*"))  # the marker is removed once read
         # a worker that cannot see the driver's file (another node without shared storage): here the driver
         # writes its marker where it says, the workers are asked about a path that does not exist for them
-        import pftray.runtime.pool as pool_mod
+        import pftray.runtime.ray_pool as pool_mod
 
         real = pool_mod.Path
 
@@ -48,6 +48,6 @@ def test_pool_start_checks_the_run_directory_with_local_ray(ray_session, tmp_pat
 
 
 def test_a_tier_asking_fp16_with_dp_sgd_is_refused_before_any_worker_starts():
-    cfg = tiny_config(**{"train.dp_sgd": True, "runtime.tiers": [{"name": "gpu", "precision": "fp16"}]})
+    cfg = tiny_config(**{"privacy.dp_sgd": True, "runtime.tiers": [{"name": "gpu", "precision": "fp16"}]})
     with pytest.raises(ConfigError, match=r"runtime.tiers\[gpu\].precision: 'fp16'"):
         RayPool(cfg, "unused", timeout_s=1.0)  # refused by the check, so Ray is never asked for workers

@@ -145,8 +145,8 @@ def test_target_epsilon_refuses_to_start_or_stops(tmp_path):
 
 
 def test_sample_level_dp_sgd_run_reports_its_own_epsilon(tmp_path):
-    cfg = tiny_config(**{"fed.rounds": 2, "train.dp_sgd": True, "train.dp_sgd_noise_multiplier": 1.0,
-                         "train.dp_sgd_max_grad_norm": 0.5})
+    cfg = tiny_config(**{"fed.rounds": 2, "privacy.dp_sgd": True, "privacy.dp_sgd_noise_multiplier": 1.0,
+                         "privacy.dp_sgd_max_grad_norm": 0.5})
     server = _server(cfg, tmp_path / "run")
     server.run_rounds()
     clients = load_run(tmp_path / "run")["clients"]

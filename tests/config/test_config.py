@@ -30,7 +30,7 @@ def test_every_preset_loads(preset):
         ({"feed": {}}, "feed: unknown key"),
         ({"fed": {"rounds": "ten"}}, "fed.rounds: expected an integer, got 'ten'"),
         ({"fed": {"rounds": 2.5}}, "fed.rounds: expected an integer, got 2.5"),
-        ({"train": {"dp_sgd": "yes"}}, "train.dp_sgd: expected true/false"),
+        ({"privacy": {"dp_sgd": "yes"}}, "privacy.dp_sgd: expected true/false"),
         ({"fed": {"rounds": 0}}, "fed.rounds: 0 is out of range; allowed [1, 1000000]"),
         ({"privacy": {"target_delta": 2.0}}, "privacy.target_delta: 2.0 is out of range"),
         ({"fed": {"strategy": "fedsgd"}}, "fed.strategy: 'fedsgd' is not allowed; choose one of"),
@@ -112,3 +112,18 @@ def test_renamed_key_server_eps_reads_as_server_tau():
     assert config_from_dict({"fed": {"server_eps": 0.01}}).fed.server_tau == 0.01
     with pytest.raises(ConfigError, match="server_tau"):
         config_from_dict({"fed": {"server_eps": 0.01, "server_tau": 0.02}})
+
+
+def test_dp_sgd_keys_moved_to_privacy_and_old_names_still_read():
+    from pftray.config import apply_overrides, config_from_dict
+
+    old = config_from_dict({"train": {"dp_sgd": True, "dp_sgd_noise_multiplier": 1.7, "dp_sgd_max_grad_norm": 0.3}})
+    assert (old.privacy.dp_sgd, old.privacy.dp_sgd_noise_multiplier, old.privacy.dp_sgd_max_grad_norm) == (
+        True, 1.7, 0.3)
+    assert not hasattr(old.train, "dp_sgd")
+    assert "dp_sgd" not in old.to_dict()["train"] and old.to_dict()["privacy"]["dp_sgd"] is True
+    # an old --set name lands on the new key (also on top of a config that already has the new key)
+    assert apply_overrides(old, ["train.dp_sgd_noise_multiplier=2.5"]).privacy.dp_sgd_noise_multiplier == 2.5
+    assert config_from_dict(old.to_dict()) == old
+    with pytest.raises(ConfigError, match=r"^train.dp_sgd: renamed to privacy.dp_sgd; give only privacy.dp_sgd"):
+        config_from_dict({"train": {"dp_sgd": True}, "privacy": {"dp_sgd": False}})

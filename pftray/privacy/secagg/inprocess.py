@@ -1,4 +1,4 @@
-"""In-process driver of one secure-aggregation round (tests, benchmarks, and a reference for the Ray layer)."""
+"""One secure-aggregation round run in this process (tests, benchmarks, and a reference for the Ray layer)."""
 
 from __future__ import annotations
 

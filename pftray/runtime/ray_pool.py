@@ -144,11 +144,11 @@ class RayPool:
         self.cfg, self.run_dir = cfg, run_dir
         self.tiers = cfg.runtime.tiers
         self.timeout = timeout_s or cfg.runtime.round_timeout_s
-        from pftray.fed.client import check_precision
+        from pftray.model.factory import check_precision
 
         for tier in self.tiers:  # here, in the driver, rather than as a failed actor start
             key = f"runtime.tiers[{tier.name}].precision" if tier.precision else "train.precision"
-            check_precision(tier.precision or cfg.train.precision, cfg.train.dp_sgd, key=key)
+            check_precision(tier.precision or cfg.train.precision, cfg.privacy.dp_sgd, key=key)
         check_tiers(self.tiers)
         self.cfg_dict = cfg.to_dict()
         self.workers: dict[tuple[int, int], Any] = {}

@@ -322,8 +322,9 @@ def audit_run(
     ``canaries=None`` runs the client-level canary audit when the run's data folder holds a
     :data:`CANARY_MANIFEST`, ``True`` requires one, ``False`` skips it. Clients that never trained are skipped.
     """
-    from pftray.fed.client import ClientState, initial_identity_state
+    from pftray.fed.client import ClientState
     from pftray.fed.host import ClientProvider
+    from pftray.model.factory import initial_identity_state
     from pftray.results import atomic_write_text
     from pftray.runtime.driver import initial_shared, load_run_model
 
