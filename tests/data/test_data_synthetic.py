@@ -230,3 +230,285 @@ def test_ellipse_coverage_is_area_accurate_and_has_no_streaks():
     outside = (np.abs(u) > 0.4 + 0.5 * px) | (np.abs(v) > 0.2 * px + 0.5 * px)
     assert thin[outside].max() == 0
     assert thin.sum() * px * px == pytest.approx(np.pi * 0.4 * 0.2 * px, rel=0.2)  # sub-pixel: coarser
+
+
+# ------------------------------------------------------------------ the "shifted" scenario (issue #13)
+
+_FED = dict(num_clients=6, clips_per_client=2, heldout_clips=1, frames_per_clip=16, resolution=32, seed=3)
+
+
+def _luma(frames):
+    return frames.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+
+
+def test_severity_zero_is_bit_for_bit_the_iid_data_and_consumes_no_randomness():
+    from pftray.data.partition import make_client, make_public_clips
+    from pftray.data.synthetic import sample_shift
+
+    assert sample_shift(3, 0, 0.0) is None
+    kw = dict(_FED, quantity_skew=0.5, unreliable_fraction=0.5, unreliable_kinds=("offset", "noise", "frozen"))
+    for k in range(_FED["num_clients"]):
+        old, new = make_client(k, **kw), make_client(k, **kw, shift_severity=0.0)
+        assert old == new  # exact: metadata, reference, every array of every clip, and the extras
+        assert all(c.extras == {} for c in new.train + new.heldout)
+    # The default kinds are still the original three: the unreliable clients of an old run get the old data.
+    default = [make_client(k, **_FED, quantity_skew=0.5, unreliable_fraction=0.5) for k in range(6)]
+    assert default == [make_client(k, **kw) for k in range(6)]
+    assert {c.unreliable for c in default} == {None, "offset", "noise", "frozen"}
+    # render_clip without the new argument and with shift=None are the same call.
+    ident = sample_identity(3, 1)
+    a = render_clip(ident, num_frames=8, resolution=32, seed=[3, 14, 1, 0], supersample=2)
+    b = render_clip(ident, num_frames=8, resolution=32, seed=[3, 14, 1, 0], supersample=2, shift=None)
+    assert a == b and a.extras == {}
+    pub = make_public_clips(num_identities=2, clips_per_identity=1, frames_per_clip=8, resolution=32, seed=3)
+    assert all(c.extras == {} for c in pub)
+
+
+def test_shift_keeps_every_random_stream_and_scales_fixed_traits():
+    from pftray.data.synthetic import sample_shift
+
+    ident = sample_identity(0, 2)
+    base = render_clip(ident, num_frames=24, resolution=32, seed=7)
+    for s in (0.3, 1.0):
+        c = render_clip(ident, num_frames=24, resolution=32, seed=7, shift=sample_shift(0, 2, s))
+        # audio, features and pose come from the same streams; the rendered mouth is the gained base openness
+        for f in ("audio", "audio_feats", "pose"):
+            np.testing.assert_array_equal(getattr(c, f), getattr(base, f))
+        np.testing.assert_array_equal(c.extras["mouth_base"], base.mouth)
+        g = c.extras["mouth_gain"]
+        np.testing.assert_allclose(c.mouth, np.clip(g * base.mouth, 0, 1), atol=1e-6)
+        c.validate()
+    # One client keeps its traits at every severity, scaled by it: ln g is linear in s.
+    for k in range(5):
+        g_half, g_one = sample_shift(0, k, 0.5).mouth_gain, sample_shift(0, k, 1.0).mouth_gain
+        assert np.log(g_half) == pytest.approx(np.log(g_one) / 2, rel=1e-9)
+        assert 0.63 < g_one < 1.58
+    with pytest.raises(ValueError, match="severity"):
+        sample_shift(0, 0, 1.5)
+    with pytest.raises(ValueError, match="severity"):
+        sample_shift(0, 0, -0.1)
+
+
+def test_shared_shift_is_in_the_ground_truth_and_the_pixels_and_grows_with_severity():
+    from pftray.data.synthetic import sample_shift
+
+    ident = sample_identity(0, 1)
+    base = render_clip(ident, num_frames=40, resolution=64, seed=1)
+    inside = []
+    for s in (0.25, 0.5, 1.0):
+        # teeth only (gain 1) so that the same mouth motion is compared
+        sh = dataclasses.replace(sample_shift(0, 1, s), mouth_gain=1.0)
+        c = render_clip(ident, num_frames=40, resolution=64, seed=1, shift=sh)
+        np.testing.assert_array_equal(c.mouth, base.mouth)
+        box, area = c.extras["shift_box"], c.extras["shift_area"]
+        assert box.shape == (40, 4) and box.dtype == np.int32 and area.shape == (40,) and area.dtype == np.float32
+        has = box[:, 1] > box[:, 0]
+        # teeth exactly where the mouth is open (visibly), none when it is closed
+        assert np.all(has[c.mouth > 0.2]) and not np.any(has[c.mouth == 0]) and np.all((area > 0) == has)
+        assert np.all(box[~has] == 0)
+        diff = np.abs(c.frames.astype(int) - base.frames.astype(int)).max(axis=-1)
+        per = []
+        for t in range(40):
+            y0, y1, x0, x1 = box[t]
+            my0, my1, mx0, mx1 = c.mouth_box[t]
+            if has[t]:
+                assert my0 <= y0 and y1 <= my1 and mx0 <= x0 and x1 <= mx1  # the teeth lie in the mouth box
+                per.append(np.abs(c.frames[t, y0:y1, x0:x1].astype(float) - base.frames[t, y0:y1, x0:x1]).mean())
+            diff[t, y0:y1, x0:x1] = 0
+        assert diff.max() == 0  # nothing changes outside the shift boxes
+        inside.append(np.mean(per))
+    # mean |difference| in the shift region: ~16, 33, 57 grey levels, linear in the severity
+    assert inside[0] > 8 and inside[2] > 40, inside
+    assert inside[0] < inside[1] < inside[2] and inside[2] / inside[0] == pytest.approx(4, rel=0.25), inside
+    # the teeth are bright where the i.i.d. mouth interior is dark
+    t = int(np.argmax(base.mouth))
+    y0, y1, x0, x1 = c.extras["shift_box"][t]
+    assert _luma(c.frames[t, y0:y1, x0:x1]).max() > 150
+    assert _luma(c.frames[t, y0:y1, x0:x1]).mean() > _luma(base.frames[t, y0:y1, x0:x1]).mean() + 40
+
+
+def test_per_client_traits_differ_between_clients_are_constant_within_and_invisible_in_the_reference():
+    from pftray.data.partition import make_synthetic_federation
+
+    fed = make_synthetic_federation(**_FED, shift_severity=1.0)
+    iid = make_synthetic_federation(**_FED)
+    gains, teeth = [], []
+    for c, c0 in zip(fed, iid):
+        clips = c.train + c.heldout
+        g = np.concatenate([x.extras["mouth_gain"] for x in clips])
+        rgb = np.concatenate([x.extras["teeth_rgb"] for x in clips])
+        assert np.ptp(g) == 0 and np.ptp(rgb, axis=0).max() == 0  # constant within the client
+        gains.append(g[0])
+        teeth.append(rgb[0])
+        np.testing.assert_array_equal(c.reference, c0.reference)  # the reference (mouth closed) reveals nothing
+        for x in clips:
+            assert set(x.extras) == {"mouth_base", "mouth_gain", "teeth_rgb", "shift_box", "shift_area"}
+            x.validate()
+    gains, teeth = np.array(gains), np.array(teeth)
+    assert min(abs(a - b) for i, a in enumerate(gains) for b in gains[:i]) > 1e-3
+    assert gains.max() / gains.min() > 1.5
+    assert min(np.abs(a - b).max() for i, a in enumerate(teeth) for b in teeth[:i]) > 0.02
+    # The gain is visible in the pixels: estimated openness per unit of audio openness grows with the gain.
+    from pftray.data.synthetic import sample_shift
+
+    slopes = []
+    for k in (int(np.argmin(gains)), int(np.argmax(gains))):
+        c = render_clip(sample_identity(3, k), num_frames=60, resolution=64, seed=9, shift=sample_shift(3, k, 1.0))
+        est = estimate_mouth_openness(c.frames, c.mouth_box)
+        slopes.append(np.polyfit(c.extras["mouth_base"], est, 1)[0])
+    assert slopes[1] > 1.3 * slopes[0], slopes
+
+
+def test_public_clips_have_no_shift():
+    from pftray.data.partition import _PUBLIC, make_public_clips
+    from pftray.data.synthetic import sample_shift
+
+    pub = make_public_clips(num_identities=3, clips_per_identity=1, frames_per_clip=40, resolution=64, seed=0)
+    for i, clip in enumerate(pub):
+        assert clip.extras == {}
+        # where a shifted render of the same identity and motion shows teeth, the public clip is dark interior
+        ident = sample_identity(0, i, stream="public")
+        sh = dataclasses.replace(sample_shift(0, i, 1.0), mouth_gain=1.0)
+        shifted = render_clip(ident, num_frames=40, resolution=64, seed=[0, _PUBLIC, i, 0], shift=sh)
+        np.testing.assert_array_equal(shifted.audio, clip.audio)
+        open_ = np.nonzero(clip.mouth > 0.5)[0]
+        assert open_.size > 2
+        for t in open_:
+            y0, y1, x0, x1 = shifted.extras["shift_box"][t]
+            assert _luma(clip.frames[t, y0:y1, x0:x1]).mean() + 40 < _luma(shifted.frames[t, y0:y1, x0:x1]).mean()
+
+
+def _env_corr(c):
+    rms = np.sqrt((c.audio.reshape(c.num_frames, 640).astype(np.float64) ** 2).mean(axis=1))
+    return np.corrcoef(rms, c.mouth)[0, 1]
+
+
+def test_heavy_offset_and_swapped_audio_break_the_audio_mouth_link():
+    from pftray.data.audio import log_mel_features
+
+    rng = np.random.default_rng(0)
+    clean, heavy, swapped = [], [], []
+    for k in range(6):
+        c = _clip(k, frames=100, seed=20 + k)
+        clean.append(_env_corr(c))
+        h = corrupt_clip(c, "heavy_offset", rng)
+        lags = [s for s in range(100) if np.array_equal(np.roll(c.audio_feats, s, axis=0), h.audio_feats)]
+        assert len(lags) == 1 and 40 <= lags[0] <= 60, lags
+        np.testing.assert_array_equal(h.audio, np.roll(c.audio, lags[0] * 640))
+        np.testing.assert_array_equal(h.frames, c.frames)
+        heavy.append(_env_corr(h))
+        s = corrupt_clip(c, "swapped_audio", rng)
+        for f in ("frames", "mouth", "pose", "mouth_box"):
+            np.testing.assert_array_equal(getattr(s, f), getattr(c, f))
+        assert s.audio.shape == c.audio.shape and s.audio.dtype == np.float32
+        assert s.audio_feats.shape == c.audio_feats.shape and s.audio_feats.dtype == np.float32
+        np.testing.assert_array_equal(s.audio_feats, log_mel_features(s.audio, num_frames=100))
+        assert not np.allclose(s.audio, c.audio)
+        swapped.append(_env_corr(s))
+        s.validate()
+    assert min(clean) > 0.9, clean
+    assert np.mean(np.abs(swapped)) < 0.25 and max(swapped) < 0.5, swapped
+    assert np.mean(heavy) < 0.3, heavy
+    short = corrupt_clip(_clip(frames=16), "heavy_offset", rng)  # 16 frames: a lag of 7-9 frames
+    c16 = _clip(frames=16)
+    lags = [s for s in range(16) if np.array_equal(np.roll(c16.audio_feats, s, axis=0), short.audio_feats)]
+    assert len(lags) == 1 and 7 <= lags[0] <= 9
+
+
+def test_wrong_identity_shows_another_face_with_the_same_motion():
+    from pftray.data.synthetic import sample_shift
+
+    rng = np.random.default_rng(1)
+    ident = sample_identity(0, 3)
+    ref = reference_frame(ident, 64).astype(float)
+    for shift in (None, sample_shift(0, 3, 1.0)):
+        c = render_clip(ident, num_frames=40, resolution=64, seed=4, shift=shift)
+        w = corrupt_clip(c, "wrong_identity", rng, shift=shift)
+        for f in ("audio", "audio_feats", "mouth", "pose"):
+            np.testing.assert_array_equal(getattr(w, f), getattr(c, f))
+        # the frames are far from the client's own reference, the clean ones close to it
+        assert np.abs(w.frames - ref).mean() > 3 * np.abs(c.frames - ref).mean()
+        # ... and still move their mouth with the ground truth (the lip-sync labels stay valid)
+        assert np.corrcoef(estimate_mouth_openness(w.frames, w.mouth_box), w.mouth)[0, 1] > 0.9
+        if shift is not None:
+            assert not np.array_equal(w.extras["shift_box"], c.extras["shift_box"])
+            for t in np.nonzero(w.mouth > 0.5)[0]:
+                y0, y1, x0, x1 = w.extras["shift_box"][t]
+                assert _luma(w.frames[t, y0:y1, x0:x1]).max() > 150  # the donor has the client's teeth
+            np.testing.assert_array_equal(w.extras["mouth_gain"], c.extras["mouth_gain"])
+            w.validate()
+    with pytest.raises(ValueError, match="shift"):
+        corrupt_clip(c, "wrong_identity", rng)
+
+
+def test_frozen_extras_follow_the_frozen_frames():
+    from pftray.data.synthetic import sample_shift
+
+    c = render_clip(sample_identity(0, 0), num_frames=32, resolution=32, seed=2, shift=sample_shift(0, 0, 1.0))
+    f = corrupt_clip(c, "frozen", np.random.default_rng(0))
+    same = [t for t in range(1, 32) if np.array_equal(f.frames[t], f.frames[t - 1])]
+    assert len(same) >= 12
+    for t in same:
+        for v in f.extras.values():
+            np.testing.assert_array_equal(v[t], v[t - 1])
+    f.validate()
+
+
+def test_unreliable_clients_record_their_kind_and_new_kinds_corrupt_only_training_clips():
+    from pftray.data.partition import make_client, make_synthetic_federation, unreliable_assignment
+    from pftray.data.types import UNRELIABLE_KINDS
+
+    kinds = ("heavy_offset", "swapped_audio", "wrong_identity")
+    kw = dict(_FED, unreliable_fraction=0.5, unreliable_kinds=kinds, shift_severity=0.5)
+    fed = make_synthetic_federation(**kw)
+    clean = make_synthetic_federation(**{**kw, "unreliable_fraction": 0.0})
+    expect = unreliable_assignment(num_clients=6, unreliable_fraction=0.5, unreliable_kinds=kinds, seed=3)
+    assert sorted(expect.values()) == sorted(kinds)
+    for c, c0 in zip(fed, clean):
+        assert c.unreliable == expect.get(c.client_id)
+        assert c == make_client(c.client_id, **kw)
+        assert c.heldout == c0.heldout  # held-out clips are never corrupted
+        assert (c.train == c0.train) == (c.unreliable is None)
+        for x, x0 in zip(c.train, c0.train):
+            if c.unreliable == "wrong_identity":
+                np.testing.assert_array_equal(x.audio, x0.audio)
+                assert not np.array_equal(x.frames, x0.frames)
+            elif c.unreliable is not None:
+                np.testing.assert_array_equal(x.frames, x0.frames)
+                assert not np.array_equal(x.audio, x0.audio)
+    assert set(kinds) <= set(UNRELIABLE_KINDS)
+    with pytest.raises(ValueError, match="unreliable_kinds"):
+        make_client(0, **{**kw, "unreliable_kinds": ("blur",)})
+    with pytest.raises(ValueError, match="shift_severity"):
+        make_client(0, **{**kw, "shift_severity": 2.0})
+
+
+def test_shifted_client_round_trips_through_a_shard(tmp_path):
+    from pftray.data import load_client_shard, save_client_shard
+    from pftray.data.partition import make_client
+
+    c = make_client(1, **_FED, shift_severity=0.7, unreliable_fraction=1.0, unreliable_kinds=("frozen",))
+    back = load_client_shard(save_client_shard(c, tmp_path / "client-1.parquet"))
+    assert back == c and back.unreliable == "frozen" and back.train[0].extras["shift_box"].dtype == np.int32
+
+
+def test_config_keys_of_the_scenario_and_the_kinds():
+    from pftray import config as cfgmod
+    from pftray.config import ConfigError, config_from_dict
+    from pftray.data.types import UNRELIABLE_KINDS
+
+    assert cfgmod.UNRELIABLE_KINDS == UNRELIABLE_KINDS
+    d = config_from_dict({}).data
+    assert d.shift_severity == 0.0 and d.unreliable_kinds == ("offset", "noise", "frozen")
+    ok = config_from_dict({"data": {"shift_severity": 0.5, "unreliable_kinds": list(UNRELIABLE_KINDS)}}).data
+    assert ok.shift_severity == 0.5 and ok.unreliable_kinds == UNRELIABLE_KINDS
+    for data, msg in (
+        ({"shift_severity": 1.5}, "data.shift_severity: 1.5 is out of range"),
+        ({"shift_severity": -0.1}, "data.shift_severity: -0.1 is out of range"),
+        ({"shift_severity": "strong"}, "data.shift_severity: expected a number"),
+        ({"unreliable_kinds": ["offset", "swap"]}, "data.unreliable_kinds: 'swap' is not allowed"),
+        ({"unreliable_kinds": []}, "data.unreliable_kinds: empty with unreliable_fraction"),
+        ({"source": "some/folder", "shift_severity": 0.5}, "data.shift_severity: 0.5 with source"),
+    ):
+        with pytest.raises(ConfigError, match=msg.replace("(", r"\(")):
+            config_from_dict({"data": data})
