@@ -10,7 +10,10 @@ import pandas as pd
 
 from pftray.results import load_run
 
-SUMMARY_METRICS = ("psnr", "ssim", "mouth_psnr", "lip_sync", "jitter")
+#: the columns of the held-out table, when the evaluation has them (the dlib face metrics only on real data)
+SUMMARY_METRICS = (
+    "psnr", "ssim", "mouth_psnr", "lip_sync", "jitter", "csim", "lmd_face", "lmd_mouth", "lip_sync_lmk",
+)  # fmt: skip
 
 
 def eval_table(ev: pd.DataFrame, server_round: int | None = None) -> pd.DataFrame:
@@ -20,6 +23,14 @@ def eval_table(ev: pd.DataFrame, server_round: int | None = None) -> pd.DataFram
     r = ev["server_round"].max() if server_round is None else server_round
     cols = [c for c in SUMMARY_METRICS if c in ev]
     return ev[ev["server_round"] == r].groupby("model")[cols].mean()
+
+
+def direction_line(metrics: list[str]) -> str:
+    """Which of the table's metrics are better when lower (the others: higher)."""
+    from pftray.evaluation.compare import metric_better
+
+    lower = [m for m in metrics if metric_better(m) == "lower"]
+    return "higher is better" + (f", except lower is better for {', '.join(lower)}" if lower else "")
 
 
 def unreliable_line(cfg: dict[str, Any]) -> str:
@@ -56,6 +67,7 @@ def print_run_summary(path: str | Path, summary: dict[str, Any]) -> None:
               "backbone = before personalisation, personalised = after federation")
         with pd.option_context("display.float_format", "{:.3f}".format):
             print(table.to_string())
+        print(direction_line(list(table.columns)))
     print(f"tables        : {Path(path) / 'rounds.parquet'}, clients.parquet, eval.parquet "
           f"(pftray.results.load_run)")
     print(f"samples       : {Path(path) / 'samples'}")

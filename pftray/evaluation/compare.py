@@ -5,7 +5,13 @@ Unit of analysis: one (seed, client) pair. For every run found under the given f
 ``RUN/eval.parquet``) is reduced to the ``personalised`` rows, averaged over clips per client. Runs are grouped
 by method (``fed.strategy``; the paper's name ``privfedtalk`` is ISFA). For each method and metric the table
 gives the mean over (seed, client) units with a 95% Student-t interval; for each pair of methods, the paired
-t-test and the Wilcoxon signed-rank test over the (seed, client) units that both methods evaluated.
+t-test and the Wilcoxon signed-rank test over the (seed, client) units that both methods evaluated, and which
+of the two the mean difference favours given the metric's direction (:data:`pftray.metrics.suite.METRIC_BETTER`:
+higher is better for psnr, ssim, lip_sync, csim, ...; lower for jitter, lpips, lmd_face, lmd_mouth, ...).
+
+The default metrics are :data:`DEFAULT_METRICS` plus the real-data face metrics :data:`FACE_METRICS` (dlib:
+``csim``, ``lmd_face``, ``lmd_mouth``, ``lip_sync_lmk``), which are left out of the tables when no run has a
+value for them (synthetic-data runs never compute them).
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from pftray.errors import InputError
 from pftray.evaluation.stats import paired_tests, t_interval
 
 DEFAULT_METRICS = ("psnr", "ssim", "mouth_psnr", "lip_sync", "jitter", "lpips", "id_sim_synth")
+#: real-data face metrics (:mod:`pftray.metrics.face`), compared by default when any run has them
+FACE_METRICS = ("csim", "lmd_face", "lmd_mouth", "lip_sync_lmk")
 METHOD_ORDER = ("isfa", "fedavg", "fedprox")
 METHOD_ALIASES = {"privfedtalk": "isfa"}
 
@@ -79,6 +87,22 @@ def collect(dirs: Sequence[str | Path], metrics: Sequence[str] = DEFAULT_METRICS
     return df[["method", "seed", "client_id", "run_dir", "source", *metrics]]
 
 
+def metric_better(metric: str) -> str:
+    """``"higher"``, ``"lower"`` or ``"near 1"``: which value of ``metric`` is better ("" when unknown)."""
+    from pftray.metrics.suite import METRIC_BETTER
+
+    return METRIC_BETTER.get(metric, "")
+
+
+def favoured(metric: str, mean_diff: float, a: str, b: str) -> str:
+    """The method that a mean difference ``mean(a - b)`` favours under ``metric``'s direction ("" for a tie,
+    an undefined difference or a metric without a higher/lower direction)."""
+    better = metric_better(metric)
+    if better not in ("higher", "lower") or not math.isfinite(mean_diff) or mean_diff == 0:
+        return ""
+    return a if (mean_diff > 0) == (better == "higher") else b
+
+
 def _methods(df: pd.DataFrame) -> list[str]:
     present = list(dict.fromkeys(df["method"]))
     return [m for m in METHOD_ORDER if m in present] + sorted(m for m in present if m not in METHOD_ORDER)
@@ -96,6 +120,7 @@ def method_table(df: pd.DataFrame, metrics: Sequence[str], *, confidence: float 
                 {
                     "method": method,
                     "metric": m,
+                    "better": metric_better(m),
                     "mean": ci.mean,
                     "ci_low": ci.low,
                     "ci_high": ci.high,
@@ -124,6 +149,7 @@ def paired_table(df: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
                     "method_b": b,
                     "n_pairs": res.n,
                     "mean_diff": res.mean_diff,
+                    "favours": favoured(m, res.mean_diff, a, b),
                     "t_stat": res.t_stat,
                     "t_pvalue": res.t_pvalue,
                     "wilcoxon_stat": res.wilcoxon_stat,
@@ -138,6 +164,7 @@ def paired_table(df: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
             "method_b",
             "n_pairs",
             "mean_diff",
+            "favours",
             "t_stat",
             "t_pvalue",
             "wilcoxon_stat",
@@ -164,13 +191,17 @@ def markdown_tables(table: pd.DataFrame, tests: pd.DataFrame, *, confidence: flo
                 "n/a" if r["n"] == 0 else f"{_fmt(r['mean'])} ± {_fmt(r['half_width'], 2)} (n={r['n']})"
             )
         lines.append(f"| {method} | {' | '.join(cells)} |")
-    lines += ["", f"mean ± {pct} t-interval half-width over (seed, client) units.", ""]
+    lines += ["", f"mean ± {pct} t-interval half-width over (seed, client) units."]
+    by_dir = {d: [m for m in metrics if metric_better(m) == d] for d in ("higher", "lower", "near 1")}
+    lines += ["; ".join(f"{d} is better: {', '.join(ms)}" for d, ms in by_dir.items() if ms) + ".", ""]
     if len(tests):
-        lines += ["| metric | A | B | pairs | mean(A−B) | paired t p | Wilcoxon p |", "|---" * 7 + "|"]
+        lines += ["| metric | A | B | pairs | mean(A−B) | favours | paired t p | Wilcoxon p |", "|---" * 8 + "|"]
         for _, r in tests.iterrows():
+            fav = r["favours"] if isinstance(r.get("favours"), str) else ""
             lines.append(
                 f"| {r['metric']} | {r['method_a']} | {r['method_b']} | {r['n_pairs']} | "
-                f"{_fmt(r['mean_diff'])} | {_fmt(r['t_pvalue'], 3)} | {_fmt(r['wilcoxon_pvalue'], 3)} |"
+                f"{_fmt(r['mean_diff'])} | {fav or '–'} | {_fmt(r['t_pvalue'], 3)} | "
+                f"{_fmt(r['wilcoxon_pvalue'], 3)} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -181,12 +212,20 @@ def compare(
     metrics: Sequence[str] = DEFAULT_METRICS,
     out: str | Path,
     confidence: float = 0.95,
+    optional: Sequence[str] = (),
 ) -> dict[str, object]:
     """Collect, tabulate, test and write ``<out>.csv/.parquet`` (methods), ``<out>-tests.csv/.parquet``,
-    ``<out>-units.csv`` (the per-(seed, client) values) and ``<out>.md``; returns the frames and markdown."""
+    ``<out>-units.csv`` (the per-(seed, client) values) and ``<out>.md``; returns the frames and markdown.
+
+    ``optional`` metrics (e.g. :data:`FACE_METRICS`) are added to ``metrics`` when some run has a value for them.
+    """
     from pftray.results import atomic_write_text, write_parquet
 
-    units = collect(dirs, metrics)
+    extra = [m for m in optional if m not in metrics]
+    units = collect(dirs, [*metrics, *extra])
+    absent = [m for m in extra if units[m].isna().all()]
+    units = units.drop(columns=absent)
+    metrics = [*metrics, *(m for m in extra if m not in absent)]
     table = method_table(units, metrics, confidence=confidence)
     tests = paired_table(units, metrics)
     md = markdown_tables(table, tests, confidence=confidence)
@@ -202,6 +241,7 @@ def compare(
 
 def cmd_compare(args) -> int:
     metrics = args.metric or list(DEFAULT_METRICS)
+    optional = () if args.metric else FACE_METRICS  # face metrics by default, when the runs have them
     for d in args.dirs:
         if not Path(d).is_dir():
             raise InputError(f"{d}: no such directory")
@@ -210,7 +250,7 @@ def cmd_compare(args) -> int:
     first = Path(args.dirs[0])
     out = args.out or ((first.parent if (first / "config.yaml").exists() else first) / "compare")
     try:
-        res = compare(args.dirs, metrics=metrics, out=out, confidence=args.confidence)
+        res = compare(args.dirs, metrics=metrics, out=out, confidence=args.confidence, optional=optional)
     except ValueError as exc:  # duplicate (method, seed) runs, configs without a strategy
         raise InputError(str(exc)) from None
     units = res["units"]
@@ -233,7 +273,8 @@ def add_compare_parser(sub) -> None:
         "--metric",
         action="append",
         metavar="NAME",
-        help=f"metric column (repeatable; default: {', '.join(DEFAULT_METRICS)})",
+        help=f"metric column (repeatable; default: {', '.join(DEFAULT_METRICS)}, and "
+        f"{', '.join(FACE_METRICS)} when the runs have them)",
     )
     p.add_argument(
         "--out",

@@ -5,6 +5,15 @@ that cannot be computed returns ``Missing(reason)``, never a number from a subst
 """
 
 from pftray.metrics.base import Missing, is_missing
+from pftray.metrics.face import (
+    FACE_METRIC_NAMES,
+    DlibFaceEmbedder,
+    FaceMetrics,
+    csim,
+    isfa_identity_consistency,
+    landmark_distance,
+    lip_sync_landmarks,
+)
 from pftray.metrics.fid import (
     FID_WEIGHTS_NAME,
     FIDInceptionV3,
@@ -32,7 +41,13 @@ from pftray.metrics.image import (
     ssim_per_frame,
 )
 from pftray.metrics.lpips_metric import ALEXNET_WEIGHTS_NAME, LPIPSMetric
-from pftray.metrics.suite import MetricSuite, flatten_for_table, status_of
+from pftray.metrics.suite import (
+    METRIC_BETTER,
+    MetricSuite,
+    face_metrics_for_source,
+    flatten_for_table,
+    status_of,
+)
 from pftray.metrics.sync import (
     OffsetCorrelation,
     SyncNetModel,
@@ -58,10 +73,14 @@ masked_ssim = region_ssim
 
 __all__ = [
     "ALEXNET_WEIGHTS_NAME",
+    "FACE_METRIC_NAMES",
     "FID_WEIGHTS_NAME",
+    "METRIC_BETTER",
     "MOUTH_SIZE",
+    "DlibFaceEmbedder",
     "FIDInceptionV3",
     "FIDMetric",
+    "FaceMetrics",
     "IdentityEmbedder",
     "LPIPSMetric",
     "MetricSuite",
@@ -75,6 +94,8 @@ __all__ = [
     "best_offset_correlation",
     "clip_temporal_metrics",
     "crop_boxes",
+    "csim",
+    "face_metrics_for_source",
     "flatten_for_table",
     "flicker_energy_ratio",
     "frechet_distance",
@@ -82,6 +103,9 @@ __all__ = [
     "gaussian_stats",
     "id_sim",
     "is_missing",
+    "isfa_identity_consistency",
+    "landmark_distance",
+    "lip_sync_landmarks",
     "load_fid_inception",
     "lse_from_embeddings",
     "masked_psnr",
