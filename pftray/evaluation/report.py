@@ -7,7 +7,8 @@ For a run directory (``config.yaml`` + tables, see :mod:`pftray.results`) it plo
 * ``epsilon.png``         the privacy ledger's epsilon per round (runs with DP),
 * ``isfa_weights.png``    each client's aggregation weight over rounds (``clients.parquet`` ``weight``),
 * ``client_spread.png``   per-client spread of the latest evaluation (``eval/eval-round-N.parquet`` from
-  ``pftray eval``, else the last round of ``eval.parquet``), one point per client, per model,
+  ``pftray eval``, else the last round of ``eval.parquet``), one point per client, per model; on real data this
+  includes the dlib face metrics ``csim``, ``lmd_face``, ``lmd_mouth``, ``lip_sync_lmk``,
 * ``samples/*.png``       the run's sample grids with a label on each row (ground truth, backbone, personalised).
 
 Clients with corrupted training data (the synthetic federation's ground truth, :mod:`.ground_truth`; never given to
@@ -36,12 +37,13 @@ import numpy as np
 import pandas as pd
 
 from pftray.errors import InputError
+from pftray.evaluation.compare import FACE_METRICS  # real-data face metrics: synthetic runs' plots skip them
 from pftray.evaluation.ground_truth import UNRELIABLE_COL, describe, label_clients, unreliable_clients
 from pftray.results import RunDir, atomic_write_text
 
 REPORT_SUBDIR = "report"
-ROUND_METRICS = ("psnr", "ssim", "mouth_psnr", "lip_sync", "jitter", "lpips", "id_sim_synth")
-SPREAD_METRICS = ("psnr", "ssim", "mouth_psnr", "lip_sync", "lpips", "id_sim_synth")
+ROUND_METRICS = ("psnr", "ssim", "mouth_psnr", "lip_sync", "jitter", "lpips", "id_sim_synth", *FACE_METRICS)
+SPREAD_METRICS = ("psnr", "ssim", "mouth_psnr", "lip_sync", "lpips", "id_sim_synth", *FACE_METRICS)
 #: what every plot of a sweep says when none of its trials started from a trained backbone
 UNTRAINED_BANNER = "machinery test only: untrained backbone (model.backbone unset), metrics mean nothing"
 UNRELIABLE_STYLE = {"marker": "x", "color": "tab:red"}
@@ -66,6 +68,25 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def metric_title(metric: str) -> str:
+    """A metric's panel title: its name, with its direction when that is not "higher is better"."""
+    from pftray.evaluation.compare import metric_better
+
+    better = metric_better(metric)
+    return {"lower": f"{metric} (lower is better)", "near 1": f"{metric} (best at 1)"}.get(better, metric)
+
+
+def direction_note(metrics) -> str:
+    """One sentence naming which of ``metrics`` are better when lower (and when near 1); higher otherwise."""
+    from pftray.evaluation.compare import metric_better
+
+    lower = [m for m in metrics if metric_better(m) == "lower"]
+    near = [m for m in metrics if metric_better(m) == "near 1"]
+    parts = ["higher is better"] + ([f"except lower is better for {', '.join(lower)}"] if lower else [])
+    parts += [f"{', '.join(near)} is best at 1"] if near else []
+    return "metric directions: " + "; ".join(parts)
 
 
 def _numeric(df: pd.DataFrame, col: str) -> pd.Series:
@@ -155,7 +176,7 @@ def plot_round_metrics(evals: pd.DataFrame, path: Path) -> Path | None:
         )
         for model, g in means.groupby("model"):
             ax.plot(g["server_round"], g["_v"], marker="o", label=str(model))
-        ax.set_title(m)
+        ax.set_title(metric_title(m))
         ax.set_xlabel("server round")
     for ax in list(axes.flat)[len(metrics) :]:
         ax.set_visible(False)
@@ -246,7 +267,7 @@ def plot_client_spread(evals: pd.DataFrame, path: Path, *, title: str,
             ax.hlines(v.mean(), i - 0.25, i + 0.25, colors="k")
         ax.set_xlim(-0.5, len(models) - 0.5)  # every model's tick inside the panel, even one without values
         ax.set_xticks(range(len(models)), models, rotation=20)
-        ax.set_title(m)
+        ax.set_title(metric_title(m))
     if bad_seen:
         for ax in axes.flat:
             h, lab = ax.get_legend_handles_labels()
@@ -362,6 +383,7 @@ def run_report(run_dir: Path, out: Path) -> Report:
         rep.tables.append(("Rounds", rounds[cols]))
     if not latest.empty:
         pc = per_client(latest)
+        rep.notes.append(direction_note([c for c in pc.columns if c not in ("model", "client_id")]))
         summary = pc.drop(columns="client_id").groupby("model").agg(["mean", "std", "count"])
         summary.columns = [f"{a} {b}" for a, b in summary.columns]
         rep.tables.append((f"Latest evaluation per model ({source})", summary.reset_index()))

@@ -48,8 +48,9 @@ _CKPT_FILE = re.compile(r"round-(\d+)\.pt$")
 
 
 def score_samples(samples: list[ClipSample], suite, *, server_round: int) -> list[dict[str, Any]]:
-    """One table row per clip per model: training-time metrics + lpips + id_sim_synth (flattened, with
-    ``<name>_missing`` reason columns for metrics that could not be computed)."""
+    """One table row per clip per model: training-time metrics + lpips + id_sim_synth, and csim, lmd_face,
+    lmd_mouth, lip_sync_lmk when the suite computes face metrics (real data: :mod:`pftray.metrics.face`),
+    flattened, with ``<name>_missing`` reason columns for metrics that could not be computed."""
     from pftray.fed.heldout import clip_scores
     from pftray.metrics.identity import id_sim
     from pftray.metrics.suite import flatten_for_table
@@ -66,7 +67,11 @@ def score_samples(samples: list[ClipSample], suite, *, server_round: int) -> lis
         clip = s.clip
         n = s.gt01.shape[0]
         for name, pred in s.outputs.items():
-            extra = {"lpips": suite.lpips(pred, s.gt01), "id_sim_synth": id_sim(encoder, pred, s.gt01)}
+            extra = {
+                "lpips": suite.lpips(pred, s.gt01),
+                "id_sim_synth": id_sim(encoder, pred, s.gt01),
+                **suite.face_clip_metrics(pred, s.gt01),  # the ground truth's reading is reused across models
+            }
             rows.append(
                 {
                     "server_round": server_round,
@@ -171,7 +176,7 @@ def evaluate_run(
     (also written as ``RUN/eval/summary-round-N.json``). See the module docstring for what is written."""
     from pftray.fed.host import ClientProvider
     from pftray.metrics.identity import SynthIdentityEncoder
-    from pftray.metrics.suite import MetricSuite
+    from pftray.metrics.suite import MetricSuite, face_metrics_for_source
     from pftray.results import atomic_write_text, write_parquet
     from pftray.runtime.driver import load_run_model
 
@@ -209,7 +214,14 @@ def evaluate_run(
         cfg = cfg.replace(**overrides)
     provider = ClientProvider(cfg)
     n_clients = min(clients if clients is not None else cfg.fed.eval_clients, provider.num_clients)
-    suite = MetricSuite(lpips_weights, fid_weights, synth_id_encoder=encoder, device=trainer.device)
+    # dlib face metrics on real data only (meaningless on the synthetic cartoon faces)
+    suite = MetricSuite(
+        lpips_weights,
+        fid_weights,
+        synth_id_encoder=encoder,
+        device=trainer.device,
+        face_metrics=face_metrics_for_source(cfg.data.source),
+    )
 
     all_samples: list[ClipSample] = []
     rows: list[dict[str, Any]] = []
