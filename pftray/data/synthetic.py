@@ -28,15 +28,22 @@ pre-trained on the public clips already fits the clients and federated adapters 
 ``s > 0`` every client identity (never a public one, :func:`make_public_clips` takes no severity) gets a
 :class:`ClientShift` from :func:`sample_shift`:
 
-* **shared shift — visible upper teeth.** When the mouth opens, the upper part of the mouth interior (above
-  ``0.25 * inner_h`` over the mouth centre, i.e. the top 37.5 % of its height) shows teeth, composited with
-  opacity ``s`` over the dark interior. No public identity has teeth, every client has them, and they are
-  invisible in the closed-mouth reference frame: the *shared* adapter must learn to draw them from the audio
-  (how far the mouth opens) and the mouth position. The region is small (a few pixels at 64 px), so measure it
-  with ``extras["shift_box"]`` or the mouth box, not the whole frame.
-* **per-client traits — mouth gain and teeth colour.** The mouth opens by a client-specific gain of the
-  audio-implied openness, ``mouth = clip(g * mouth_base, 0, 1)`` with ``ln g = 0.45 s z``, ``z ~ U(-1, 1)``
-  per client (``g`` in [0.64, 1.57] at ``s = 1``), and the teeth colour is
+* **shared shift, appearance — visible upper teeth.** When the mouth opens, the upper part of the mouth
+  interior (above ``0.25 * inner_h`` over the mouth centre, i.e. the top 37.5 % of its height) shows teeth,
+  composited with opacity ``s`` over the dark interior. No public identity has teeth, every client has them,
+  and they are invisible in the closed-mouth reference frame: the *shared* adapter must learn to draw them from
+  the audio (how far the mouth opens) and the mouth position. The region is small (a few pixels at 64 px), so
+  measure it with ``extras["shift_box"]`` or the mouth box, not the whole frame. (A backbone's autoencoder
+  trained on the public clips may not be able to decode teeth at all: ``bench/shift_gap.py`` measures it.)
+* **shared shift, dynamics — the mouth anticipates the sound.** Client mouths move ``1.5 s`` frames
+  (60 ms at ``s = 1``) ahead of the audio (co-articulation): the openness is computed from the envelope
+  advanced by that many samples (the last envelope value continues past the clip end), while the public
+  mouths are synchronous. The audio features' window (+-80 ms at the default 16 mel frames) covers the lead,
+  so it is learnable from the audio; it stays within what the backbone's decoder can draw (only the
+  openness changes).
+* **per-client traits — mouth gain and teeth colour.** The mouth opens by a client-specific gain,
+  ``mouth = clip(g * lead(mouth_base), 0, 1)`` with ``ln g = 0.45 s z``, ``z ~ U(-1, 1)`` per client (``g``
+  in [0.64, 1.57] at ``s = 1``), and the teeth colour is
   ``(1 - 0.5 s) * base + 0.5 s * c`` with ``c ~ U(0.35, 1)^3`` per client. Neither is visible in the
   reference frame (mouth closed) nor predictable from the audio alone: only the client's own clips reveal
   them, which is the *identity* adapter's work. ``z`` and ``c`` are drawn from a stream of their own
@@ -46,7 +53,8 @@ pre-trained on the public clips already fits the clients and federated adapters 
 ``Clip.mouth`` stays what the frames show (after the gain). Ground truth per frame, in ``Clip.extras`` of
 every shifted clip (train and held-out; absent, ``extras == {}``, at ``s = 0`` and on public clips):
 
-* ``"mouth_base"`` float32 ``[T]``: audio-implied openness before the client's gain (today's ``mouth``);
+* ``"mouth_base"`` float32 ``[T]``: audio-synchronous openness, no lead, no gain (today's ``mouth``);
+* ``"mouth_lead"`` float32 ``[T]``: the shared lead in video frames (``1.5 s``, constant);
 * ``"mouth_gain"`` float32 ``[T]``: the client's gain ``g`` (constant within a client);
 * ``"teeth_rgb"`` float32 ``[T, 3]``: the client's teeth colour in [0, 1] (constant within a client);
 * ``"shift_box"`` int32 ``[T, 4]``: ``y0, y1, x0, x1`` (half-open) bounding box of the pixels the teeth
@@ -102,6 +110,7 @@ _TEETH = (0.93, 0.91, 0.84)  # base teeth colour of the shifted scenario
 _TEETH_EDGE = 0.25  # teeth reach down to this fraction of the interior half-height above the mouth centre
 _GAIN_LOG_SPAN = 0.45  # ln(mouth gain) lies in [-0.45 s, 0.45 s]
 _TEETH_MIX = 0.5  # per-client teeth colour: (1 - 0.5 s) * base + 0.5 s * c
+_LEAD_FRAMES = 1.5  # shared lead of the mouth over the audio at severity 1, video frames
 
 
 @dataclass(frozen=True)
@@ -191,14 +200,16 @@ def sample_identity(seed: int, index: int, *, stream: str = "client") -> Identit
 class ClientShift:
     """What the "shifted" scenario changes for one client identity (see the module docstring).
 
-    ``teeth_alpha`` is the opacity of the shared teeth (= severity), ``teeth`` this client's teeth colour and
-    ``mouth_gain`` its mouth-motion gain (rendered openness = ``clip(mouth_gain * audio openness, 0, 1)``).
+    ``teeth_alpha`` is the opacity of the shared teeth (= severity), ``mouth_lead`` the shared lead of the mouth
+    over the audio in video frames (``1.5 * severity``), ``teeth`` this client's teeth colour and ``mouth_gain``
+    its mouth-motion gain (rendered openness = ``clip(mouth_gain * lead(audio openness), 0, 1)``).
     """
 
     severity: float
     teeth_alpha: float
     teeth: RGB
     mouth_gain: float
+    mouth_lead: float = 0.0
 
 
 def sample_shift(seed: int, index: int, severity: float) -> ClientShift | None:
@@ -223,6 +234,7 @@ def sample_shift(seed: int, index: int, severity: float) -> ClientShift | None:
         teeth_alpha=severity,
         teeth=_rgb(teeth),
         mouth_gain=float(np.exp(_GAIN_LOG_SPAN * severity * z)),
+        mouth_lead=_LEAD_FRAMES * severity,
     )
 
 
@@ -551,6 +563,7 @@ def _shift_extras(shift: ClientShift, mouth_base: np.ndarray, teeth_cov: np.ndar
     num = mouth_base.shape[0]
     return {
         "mouth_base": np.asarray(mouth_base, dtype=np.float32).copy(),
+        "mouth_lead": np.full(num, shift.mouth_lead, dtype=np.float32),
         "mouth_gain": np.full(num, shift.mouth_gain, dtype=np.float32),
         "teeth_rgb": np.tile(np.asarray(shift.teeth, dtype=np.float32), (num, 1)),
         "shift_box": _coverage_boxes(teeth_cov),
@@ -589,7 +602,11 @@ def render_clip(
     mouth = mouth_from_envelope(env, num_frames=num_frames)
     mouth_base = mouth
     if shift is not None:
-        mouth = np.clip(np.float32(shift.mouth_gain) * mouth_base, 0.0, 1.0).astype(np.float32)
+        lead = int(round(shift.mouth_lead * SAMPLES_PER_FRAME))
+        if lead > 0:
+            ahead = np.concatenate([env[lead:], np.full(min(lead, env.size), env[-1], dtype=env.dtype)])
+            mouth = mouth_from_envelope(ahead, num_frames=num_frames)
+        mouth = np.clip(np.float32(shift.mouth_gain) * mouth, 0.0, 1.0).astype(np.float32)
     pose = sample_pose(identity, num_frames=num_frames, rng=np.random.default_rng(pose_ss))
     frames, box, teeth_cov = _render_frames(
         identity, pose=pose, mouth=mouth, resolution=resolution, supersample=supersample, shift=shift

@@ -275,9 +275,23 @@ def test_shift_keeps_every_random_stream_and_scales_fixed_traits():
         for f in ("audio", "audio_feats", "pose"):
             np.testing.assert_array_equal(getattr(c, f), getattr(base, f))
         np.testing.assert_array_equal(c.extras["mouth_base"], base.mouth)
+        sh = sample_shift(0, 2, s)
+        assert c.extras["mouth_lead"][0] == pytest.approx(1.5 * s) and np.ptp(c.extras["mouth_lead"]) == 0
+        ungained = render_clip(ident, num_frames=24, resolution=32, seed=7, shift=dataclasses.replace(sh, mouth_gain=1.0))
         g = c.extras["mouth_gain"]
-        np.testing.assert_allclose(c.mouth, np.clip(g * base.mouth, 0, 1), atol=1e-6)
+        np.testing.assert_allclose(c.mouth, np.clip(g * ungained.mouth, 0, 1), atol=1e-6)
         c.validate()
+    # The shared lead: with a lead of exactly one frame the mouth shows the next frame's audio openness.
+    one = dataclasses.replace(sample_shift(0, 2, 1.0), mouth_gain=1.0, mouth_lead=1.0)
+    led = render_clip(ident, num_frames=24, resolution=32, seed=7, shift=one)
+    np.testing.assert_array_equal(led.mouth[:-1], base.mouth[1:])
+    # and at severity 1 (1.5 frames) the mouth correlates better with the audio ahead than with the audio now
+    long = [render_clip(sample_identity(0, k), num_frames=100, resolution=32, seed=k, shift=sample_shift(0, k, 1.0))
+            for k in range(3)]
+    rms = [np.sqrt((c.audio.reshape(100, 640).astype(np.float64) ** 2).mean(axis=1)) for c in long]
+    now = np.mean([np.corrcoef(r, c.mouth)[0, 1] for r, c in zip(rms, long)])
+    ahead = np.mean([np.corrcoef(r[1:], c.mouth[:-1])[0, 1] for r, c in zip(rms, long)])
+    assert ahead > now + 0.05, (ahead, now)
     # One client keeps its traits at every severity, scaled by it: ln g is linear in s.
     for k in range(5):
         g_half, g_one = sample_shift(0, k, 0.5).mouth_gain, sample_shift(0, k, 1.0).mouth_gain
@@ -296,8 +310,8 @@ def test_shared_shift_is_in_the_ground_truth_and_the_pixels_and_grows_with_sever
     base = render_clip(ident, num_frames=40, resolution=64, seed=1)
     inside = []
     for s in (0.25, 0.5, 1.0):
-        # teeth only (gain 1) so that the same mouth motion is compared
-        sh = dataclasses.replace(sample_shift(0, 1, s), mouth_gain=1.0)
+        # teeth only (gain 1, no lead) so that the same mouth motion is compared
+        sh = dataclasses.replace(sample_shift(0, 1, s), mouth_gain=1.0, mouth_lead=0.0)
         c = render_clip(ident, num_frames=40, resolution=64, seed=1, shift=sh)
         np.testing.assert_array_equal(c.mouth, base.mouth)
         box, area = c.extras["shift_box"], c.extras["shift_area"]
@@ -342,7 +356,7 @@ def test_per_client_traits_differ_between_clients_are_constant_within_and_invisi
         teeth.append(rgb[0])
         np.testing.assert_array_equal(c.reference, c0.reference)  # the reference (mouth closed) reveals nothing
         for x in clips:
-            assert set(x.extras) == {"mouth_base", "mouth_gain", "teeth_rgb", "shift_box", "shift_area"}
+            assert set(x.extras) == {"mouth_base", "mouth_lead", "mouth_gain", "teeth_rgb", "shift_box", "shift_area"}
             x.validate()
     gains, teeth = np.array(gains), np.array(teeth)
     assert min(abs(a - b) for i, a in enumerate(gains) for b in gains[:i]) > 1e-3
@@ -353,9 +367,12 @@ def test_per_client_traits_differ_between_clients_are_constant_within_and_invisi
 
     slopes = []
     for k in (int(np.argmin(gains)), int(np.argmax(gains))):
-        c = render_clip(sample_identity(3, k), num_frames=60, resolution=64, seed=9, shift=sample_shift(3, k, 1.0))
+        sh = sample_shift(3, k, 1.0)
+        c = render_clip(sample_identity(3, k), num_frames=60, resolution=64, seed=9, shift=sh)
+        audio_open = render_clip(sample_identity(3, k), num_frames=60, resolution=32, seed=9,
+                                 shift=dataclasses.replace(sh, mouth_gain=1.0)).mouth  # lead, no gain
         est = estimate_mouth_openness(c.frames, c.mouth_box)
-        slopes.append(np.polyfit(c.extras["mouth_base"], est, 1)[0])
+        slopes.append(np.polyfit(audio_open, est, 1)[0])
     assert slopes[1] > 1.3 * slopes[0], slopes
 
 
@@ -368,7 +385,7 @@ def test_public_clips_have_no_shift():
         assert clip.extras == {}
         # where a shifted render of the same identity and motion shows teeth, the public clip is dark interior
         ident = sample_identity(0, i, stream="public")
-        sh = dataclasses.replace(sample_shift(0, i, 1.0), mouth_gain=1.0)
+        sh = dataclasses.replace(sample_shift(0, i, 1.0), mouth_gain=1.0, mouth_lead=0.0)
         shifted = render_clip(ident, num_frames=40, resolution=64, seed=[0, _PUBLIC, i, 0], shift=sh)
         np.testing.assert_array_equal(shifted.audio, clip.audio)
         open_ = np.nonzero(clip.mouth > 0.5)[0]
