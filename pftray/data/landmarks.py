@@ -17,7 +17,7 @@ Signals (all per frame, vectorised over ``[..., 68, 2]`` arrays in pixel coordin
 * :func:`eye_aspect_ratio` -- EAR of Soukupová & Čech (2016), ``(|p2-p6| + |p3-p5|) / (2 |p1-p4|)`` averaged
   over both eyes; :func:`blink_from_ear` maps it to a blink value in [0, 1] relative to the open-eye level.
 * :func:`head_pose` -- yaw, pitch, roll (radians) of a weak-perspective fit of a mean 3-D face model
-  (:data:`MODEL_POINTS_3D`) to the matching landmarks, solved with :func:`scipy.optimize.least_squares`;
+  (:data:`MODEL_POINTS_3D`) to 12 rigid landmarks, solved with :func:`scipy.optimize.least_squares`;
   :func:`pose_to_unit` scales them to ``Clip.pose``'s roughly-[-1, 1] range (``angle / 45 deg``).
 * :func:`mouth_box_from_landmarks` -- the mouth landmarks' bounding box with a margin, as ``y0, y1, x0, x1``.
 """
@@ -40,27 +40,36 @@ POSE_SCALE = np.pi / 4  # radians that map to 1.0 in Clip.pose (45 degrees)
 RECT_CENTRE_OFFSET = (-0.03, -0.07)
 RECT_SIDE_RATIO = 1.04
 
-# Mean face, millimetres, x right, y up, z towards the camera, nose tip at the origin: the 6-point model widely
-# used for PnP head pose (nose tip, chin, eye outer corners, mouth corners), plus the nose bridge top and the
-# eye inner corners.
-MODEL_INDICES = np.array([30, 8, 36, 45, 48, 54, 27, 39, 42])
+# Mean face for the PnP fit: the anthropometric 3-D model of the ISR Coimbra (glAnthropometric3DModel), centimetres,
+# at the 12 most rigid of its 14 points (the lower lip and chin move with speech and are left out): brow corners,
+# eye corners, nostrils, mouth corners. Axes here: x towards the image's right for a frontal face (the subject's
+# left), y up, z towards the camera.
+MODEL_INDICES = np.array([17, 21, 22, 26, 36, 39, 42, 45, 31, 35, 48, 54])
 MODEL_POINTS_3D = np.array(
     [
-        [0.0, 0.0, 0.0],  # 30 nose tip
-        [0.0, -330.0, -65.0],  # 8 chin
-        [-225.0, 170.0, -135.0],  # 36 right eye outer corner (image left)
-        [225.0, 170.0, -135.0],  # 45 left eye outer corner
-        [-150.0, -150.0, -125.0],  # 48 right mouth corner
-        [150.0, -150.0, -125.0],  # 54 left mouth corner
-        [0.0, 170.0, -95.0],  # 27 nose bridge top
-        [-75.0, 170.0, -125.0],  # 39 right eye inner corner
-        [75.0, 170.0, -125.0],  # 42 left eye inner corner
+        [-6.825897, 6.760612, 4.402142],  # 17 right brow, outer end
+        [-1.330353, 7.122144, 6.903745],  # 21 right brow, inner end
+        [1.330353, 7.122144, 6.903745],  # 22 left brow, inner end
+        [6.825897, 6.760612, 4.402142],  # 26 left brow, outer end
+        [-5.311432, 5.485328, 3.987654],  # 36 right eye, outer corner
+        [-1.789930, 5.393625, 4.413414],  # 39 right eye, inner corner
+        [1.789930, 5.393625, 4.413414],  # 42 left eye, inner corner
+        [5.311432, 5.485328, 3.987654],  # 45 left eye, outer corner
+        [-2.005628, 1.409845, 6.165652],  # 31 right nostril
+        [2.005628, 1.409845, 6.165652],  # 35 left nostril
+        [-2.774015, -2.080775, 5.048531],  # 48 right mouth corner
+        [2.774015, -2.080775, 5.048531],  # 54 left mouth corner
     ]
 )
 # The same points in camera axes (x right, y down, z away from the camera), centred.
 _MODEL_CAM = MODEL_POINTS_3D * np.array([1.0, -1.0, -1.0])
 _MODEL_CAM = _MODEL_CAM - _MODEL_CAM.mean(axis=0)
 
+# MIRROR[k]: the landmark that takes the place of landmark k when the image is flipped left-right.
+MIRROR = np.array(
+    [*range(16, -1, -1), *range(26, 16, -1), 27, 28, 29, 30, *range(35, 30, -1), 45, 44, 43, 42, 47, 46,
+     39, 38, 37, 36, 41, 40, *range(54, 47, -1), 59, 58, 57, 56, 55, 64, 63, 62, 61, 60, 67, 66, 65]
+)
 RIGHT_EYE = slice(36, 42)
 LEFT_EYE = slice(42, 48)
 MOUTH = slice(48, 68)
@@ -108,14 +117,19 @@ def landmarks_in_rect(frame: np.ndarray, rect: tuple[float, float, float, float]
 
 
 def landmarks_for_frames(
-    frames: np.ndarray, *, face_fraction: float = FACE_FRACTION, refine: int = REFINE_PASSES
+    frames: np.ndarray,
+    *,
+    face_fraction: float = FACE_FRACTION,
+    refine: int = REFINE_PASSES,
+    rects: np.ndarray | None = None,
 ) -> np.ndarray:
     """The 68 dlib landmarks of each face crop: float32 ``[T, 68, 2]`` (x, y in the crop's pixel coordinates).
 
     ``frames`` is uint8 ``[T, H, W, 3]`` RGB (float frames in [0, 1] are accepted and scaled). No detection:
     the face is assumed to fill the centre of the crop, a square of ``face_fraction`` of the shorter side
     (:data:`FACE_FRACTION` fits :mod:`pftray.data.facetrack` crops; pass ``1.0`` for a crop that is exactly a
-    dlib face box); ``refine`` further passes re-place the rectangle from the landmarks found. Crops smaller than
+    dlib face box), unless ``rects`` (``[T, 4]`` x0, y0, x1, y1 in the frames' pixels) gives each frame's face
+    box; ``refine`` further passes re-place the rectangle from the landmarks found. Crops smaller than
     :data:`MIN_PREDICT_SIDE` are upsampled (bilinear) first. Raises
     :class:`pftray.faces.FaceModelsMissing` when dlib or its models are absent.
     """
@@ -133,12 +147,17 @@ def landmarks_for_frames(
     sh, sw = int(round(h * scale)), int(round(w * scale))
     side = face_fraction * min(sh, sw)
     rect0 = ((sw - side) / 2, (sh - side) / 2, (sw + side) / 2, (sh + side) / 2)
+    if rects is not None:
+        rects = np.asarray(rects, dtype=np.float64)
+        if rects.shape != (t, 4):
+            raise ValueError(f"rects must have shape [{t}, 4], got {rects.shape}")
+        rects = (rects + 0.5) * np.array([sw / w, sh / h, sw / w, sh / h]) - 0.5
     out = np.zeros((t, 68, 2), np.float32)
     for i in range(t):
         gray = _to_gray(f[i])
         if scale > 1.0:
             gray = np.asarray(Image.fromarray(gray).resize((sw, sh), Image.Resampling.BILINEAR))
-        lm = _predict(gray, rect0)
+        lm = _predict(gray, rect0 if rects is None else tuple(rects[i]))
         for _ in range(refine):
             lm = _predict(gray, tuple(face_rect_from_landmarks(lm)))
         out[i] = ((lm + 0.5) / np.array([sw / w, sh / h]) - 0.5).astype(np.float32)
@@ -225,8 +244,9 @@ def head_pose(landmarks: np.ndarray, image_size: tuple[int, int] | int | None = 
 
     Weak-perspective PnP: find the rotation ``R``, scale ``s`` and shift ``t`` minimising
     ``sum_i |s (R X_i)_xy + t - x_i|^2`` over the mean-face points :data:`MODEL_POINTS_3D` and the matching
-    landmarks (:data:`MODEL_INDICES`), started from the closed-form affine solution and solved with
-    :func:`scipy.optimize.least_squares`. Camera axes: x right, y down, z into the scene. Angles are the
+    landmarks (:data:`MODEL_INDICES`), started from the closed-form affine solution (and its depth-reversed
+    twin) and solved with :func:`scipy.optimize.least_squares`. Noise: about 2 degrees frame to frame on real
+    talking heads (yaw is the least well determined near frontal views). Camera axes: x right, y down, z into the scene. Angles are the
     intrinsic ``"YXZ"`` Euler angles of ``R``: **yaw** about the vertical axis (> 0: the face turns towards
     the image's right), **pitch** about the horizontal axis (> 0: the face tilts up, chin up), **roll** in the image plane
     (> 0: clockwise as displayed). ``image_size`` (``H, W`` or a side) only normalises the residuals so the
@@ -248,9 +268,15 @@ def head_pose(landmarks: np.ndarray, image_size: tuple[int, int] | int | None = 
         unit = norm if norm is not None else max(float(np.ptp(x2, axis=0).max()), 1e-6)
         xc = (x2 - centre) / unit
         rvec, s = _weak_perspective_init(xc)
-
-        sol = least_squares(_pose_residual, np.concatenate([rvec, [s, 0.0, 0.0]]), args=(xc,), method="lm")
-        yaw, pitch, roll = Rotation.from_rotvec(sol.x[:3]).as_euler("YXZ")
+        # Near a frontal view, weak perspective leaves a (yaw, pitch) -> (-yaw, -pitch) near-ambiguity: start
+        # from both and keep the better fit.
+        e = Rotation.from_rotvec(rvec).as_euler("YXZ")
+        best = None
+        for start in (rvec, Rotation.from_euler("YXZ", [-e[0], -e[1], e[2]]).as_rotvec()):
+            sol = least_squares(_pose_residual, np.concatenate([start, [s, 0.0, 0.0]]), args=(xc,), method="lm")
+            if best is None or sol.cost < best.cost:
+                best = sol
+        yaw, pitch, roll = Rotation.from_rotvec(best.x[:3]).as_euler("YXZ")
         out[i] = (-yaw, -pitch, roll)
     return out.reshape(lm.shape[:-2] + (3,))
 
