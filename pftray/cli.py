@@ -168,6 +168,19 @@ def cmd_data_prepare(args) -> int:
     return 0
 
 
+def cmd_generate(args) -> int:
+    from pftray.pipeline import generate_video
+
+    out = generate_video(args.run_dir, args.out, audio=args.audio, client=args.client, reference=args.reference,
+                         server_round=args.server_round, pose=args.pose_video, steps=args.steps, seed=args.seed,
+                         device=args.device)
+    who = f"client {out.info['client']}" if out.info["client"] is not None else f"reference {args.reference}"
+    print(f"{args.out}: {out.num_frames} frames ({out.duration_s:.2f} s at {out.fps} fps, audio "
+          f"{out.info['source_duration_s']:.2f} s) of {who}, round {out.info['server_round']}, "
+          f"{out.info['steps']} DDIM steps, seed {out.info['seed']}")
+    return 0
+
+
 def _check_privacy_args(args) -> None:
     """Name the flag of a bad accounting input (the accountant itself only names its own parameters)."""
     checks = [("--sample-rate", args.sample_rate, 0 < args.sample_rate <= 1, "must lie in (0, 1]"),
@@ -310,6 +323,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--round", type=int, default=None, dest="server_round")
     p.add_argument("--no-calibrate", action="store_true", help="raw denoising error instead of the calibrated score")
     p.set_defaults(fn=cmd_audit)
+
+    p = sub.add_parser("generate", help="drive a trained run with an audio file: an mp4 of a client or a photo")
+    p.add_argument("run_dir", help="run directory (made by `pftray run`)")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--client", type=int, metavar="K", help="a client of the run: its identity adapter and frame")
+    who.add_argument("--reference", metavar="PHOTO", help="a photo of a new person (face-cropped with dlib)")
+    p.add_argument("--audio", required=True, metavar="FILE", help="any audio file PyAV reads (wav, mp3, m4a, ...)")
+    p.add_argument("--out", required=True, metavar="OUT.mp4", help="mp4 to write (atomically)")
+    p.add_argument("--round", type=int, default=None, dest="server_round", help="checkpoint round (default: latest)")
+    p.add_argument("--pose-video", metavar="VIDEO", help="take the head pose from this video (default: neutral)")
+    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: eval.sample_steps)")
+    p.add_argument("--seed", type=int, default=None, help="noise seed (default: experiment.seed)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    p.set_defaults(fn=cmd_generate)
 
     p = sub.add_parser("config", help="print the resolved config, or every key with its default and reason")
     with_config(p, required=False)
