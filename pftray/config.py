@@ -140,7 +140,9 @@ class PretrainConfig:
 
 @dataclass(frozen=True)
 class FedConfig:
-    strategy: str = _f("isfa", "aggregation rule", choices=("fedavg", "fedprox", "isfa"))
+    strategy: str = _f("isfa", "aggregation rule, or a baseline: 'local' (each client trains both adapters on its own "
+                       "clips, nothing aggregated) or 'pooled' (the same adapters trained centrally on all clips)",
+                       choices=("fedavg", "fedprox", "isfa", "local", "pooled"))
     rounds: int = _f(10, "federated rounds", range=(1, 1_000_000))
     clients_per_round: int = _f(4, "clients sampled per round (fixed-size sampling)", range=(0, 1_000_000))
     sample_rate: float = _f(0.0, "Poisson sampling rate; >0 replaces clients_per_round", range=(0.0, 1.0))
@@ -371,6 +373,13 @@ def _cross_checks(obj: Any, path: str) -> None:
     if isinstance(obj, TrainConfig) and obj.lambda_tdc > 0 and obj.window < 2:
         raise ConfigError(f"{p}window: {obj.window} with lambda_tdc > 0; TDC needs window >= 2")
     if isinstance(obj, Config):
+        if obj.fed.strategy in ("local", "pooled"):
+            pr = obj.privacy
+            used = [k for k, on in (("privacy.noise_multiplier", pr.noise_multiplier > 0), ("privacy.secagg", pr.secagg),
+                                    ("privacy.dp_sgd", pr.dp_sgd and obj.fed.strategy == "pooled")) if on]
+            if used:
+                raise ConfigError(f"fed.strategy: {obj.fed.strategy!r} is a baseline without aggregation; it cannot "
+                                  f"be combined with {used[0]}")
         if obj.privacy.noise_multiplier > 0 and obj.privacy.clipping_norm <= 0:
             raise ConfigError("privacy.clipping_norm: 0 with noise_multiplier > 0; DP needs a clipping norm > 0")
         if obj.privacy.noise_multiplier > 0 and obj.fed.sample_rate <= 0:

@@ -9,18 +9,18 @@ exception              exit  meaning
 any other exception       1  an unexpected failure, reported the same way as a runtime failure
 =====================  ====  ==========================================================================
 
-A few exception types from elsewhere are input errors as well: ``FileNotFoundError`` and ``FileExistsError``
-(a named path that is missing or already taken), :class:`pftray.data.types.DataError` (bad data on disk) and
-:class:`pftray.runtime.ray_pool.TierError` (a tier asks for resources the cluster does not have). The command line
-prints every error as **one line** on stderr, ``pftray: error: <message>``, never a traceback (set
+The other modules subclass these, e.g. :class:`pftray.data.types.DataError` (bad data on disk),
+:class:`pftray.runtime.ray_pool.TierError` (a tier asks for resources the cluster does not have) and
+:class:`pftray.faces.FaceModelsMissing` are input errors; :class:`pftray.fed.server.RunError` is a runtime
+failure. ``FileNotFoundError`` and ``FileExistsError`` (a named path that is missing or already taken) are input
+errors as well. Every entry point (``pftray``, ``sweeps/run_sweep.py``) maps them through :func:`exit_code`. The
+command line prints every error as **one line** on stderr, ``pftray: error: <message>``, never a traceback (set
 ``PFTRAY_DEBUG=1`` to re-raise it).
 
 This module imports nothing heavy, so every layer (config, evaluation, sweeps, the CLI) can import it.
 """
 
 from __future__ import annotations
-
-import sys
 
 EXIT_OK = 0
 EXIT_RUNTIME = 1
@@ -50,20 +50,6 @@ class RuntimeFailure(PftrayError, RuntimeError):
     exit_code = EXIT_RUNTIME
 
 
-#: (module, class name) of input errors defined in modules that this one must not import (they are heavy or
-#: import this module); an exception can only be one of them if its module is already imported
-_FOREIGN_INPUT_ERRORS = (("pftray.data.types", "DataError"), ("pftray.runtime.ray_pool", "TierError"))
-
-
-def _foreign_input_errors() -> tuple[type[BaseException], ...]:
-    found: list[type[BaseException]] = [FileNotFoundError, FileExistsError]
-    for module, name in _FOREIGN_INPUT_ERRORS:
-        cls = getattr(sys.modules.get(module), name, None)
-        if isinstance(cls, type):
-            found.append(cls)
-    return tuple(found)
-
-
 def root_cause(exc: BaseException) -> BaseException:
     """The user's exception inside a wrapper: Ray re-raises an actor's error as ``RayTaskError`` with the
     original as ``cause``."""
@@ -83,7 +69,7 @@ def exit_code(exc: BaseException) -> int:
         return EXIT_INTERRUPTED
     if isinstance(exc, PftrayError):
         return exc.exit_code
-    if isinstance(exc, _foreign_input_errors()):
+    if isinstance(exc, (FileNotFoundError, FileExistsError)):
         return EXIT_INPUT
     return EXIT_RUNTIME
 

@@ -25,7 +25,7 @@ LAYERS: dict[str, int] = {
     "fed": 5,
     "runtime": 6,
     "evaluation": 7,
-    "summary": 8, "sweep": 8,
+    "summary": 8, "sweep": 8, "pipeline": 8,
     "tune": 9,
     "cli": 10,
     "__main__": 11,
@@ -88,3 +88,30 @@ def test_every_part_of_the_package_has_a_layer():
 def test_a_planted_upward_import_or_cycle_is_reported(planted, expect):
     got = layering_violations(planted)
     assert any(expect in line for line in got), got
+
+
+def test_every_exception_class_of_the_package_is_a_pftray_error():
+    """One hierarchy (:mod:`pftray.errors`): each public exception class is an InputError (exit 2) or a
+    RuntimeFailure (exit 1), so every entry point gives it the same exit code."""
+    import importlib
+
+    from pftray.errors import EXIT_INPUT, EXIT_RUNTIME, InputError, PftrayError, RuntimeFailure, exit_code
+
+    found = {}
+    for f in sorted(PKG.rglob("*.py")):
+        for node in ast.parse(f.read_text()).body:
+            if isinstance(node, ast.ClassDef) and not node.name.startswith("_") and any(
+                    isinstance(b, ast.Name) and (b.id.endswith(("Error", "Exception", "Abort", "Failure", "Missing"))
+                                                 or b.id in ("Exception", "ValueError", "RuntimeError"))
+                    for b in node.bases):
+                mod = ".".join(f.relative_to(PKG.parent).with_suffix("").parts).removesuffix(".__init__")
+                found[f"{mod}.{node.name}"] = getattr(importlib.import_module(mod), node.name)
+    assert {"pftray.data.types.DataError", "pftray.runtime.ray_pool.TierError", "pftray.fed.server.RunError",
+            "pftray.privacy.secagg.messages.SecAggAbort"} <= set(found)
+    for name, cls in found.items():
+        if name == "pftray.errors.PftrayError":
+            continue  # the base itself
+        assert issubclass(cls, PftrayError), name
+        assert issubclass(cls, InputError) != issubclass(cls, RuntimeFailure), name
+        expect = EXIT_INPUT if issubclass(cls, InputError) else EXIT_RUNTIME
+        assert exit_code(cls.__new__(cls)) == expect, name

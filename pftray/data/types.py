@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pftray.errors import InputError
+
 VIDEO_FPS = 25
 SAMPLE_RATE = 16_000
 SAMPLES_PER_FRAME = SAMPLE_RATE // VIDEO_FPS  # 640
@@ -25,8 +27,8 @@ DEFAULT_UNRELIABLE_KINDS = ("offset", "noise", "frozen")
 ARRAY_FIELDS = ("frames", "audio", "audio_feats", "pose", "mouth", "mouth_box")
 
 
-class DataError(ValueError):
-    """Bad data on disk or in memory; the message names the offending file or field."""
+class DataError(InputError):
+    """Bad data on disk or in memory (exit 2); the message names the offending file or field."""
 
 
 def _arrays_equal(a: np.ndarray, b: np.ndarray) -> bool:

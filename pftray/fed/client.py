@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from pftray.config import Config
 from pftray.data import ClientData, clips_to_batch
+from pftray.errors import ConfigError
 from pftray.model.adapters import (
     adapter_parameters,
     flatten_state,
@@ -40,23 +41,29 @@ RELIABILITY_TIMESTEP = 300
 
 @dataclass
 class ClientState:
-    """A client's private state: identity adapter, its optimiser state, and how many rounds it trained."""
+    """A client's private state: identity adapter, its optimiser state, and how many rounds it trained.
+
+    ``shared`` is set only in the *local-only* baseline (``fed.strategy: local``): the client's own copy of the
+    shared adapter (flattened), which it trains and never sends. Loading a state with it uses it in place of the
+    global shared adapter."""
 
     identity: dict[str, torch.Tensor]
     optimizer: dict[str, Any] | None = None
     rounds_trained: int = 0
     privacy: dict[str, Any] | None = None  # sample-level DP-SGD ledger of this client (when privacy.dp_sgd)
+    shared: np.ndarray | None = None  # local-only baseline: the client's own shared adapter, never uploaded
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
         torch.save({"identity": self.identity, "optimizer": self.optimizer, "rounds_trained": self.rounds_trained,
-                    "privacy": self.privacy}, buf)
+                    "privacy": self.privacy, "shared": self.shared}, buf)
         return buf.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ClientState:
         blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
-        return cls(blob["identity"], blob["optimizer"], int(blob["rounds_trained"]), blob.get("privacy"))
+        return cls(blob["identity"], blob["optimizer"], int(blob["rounds_trained"]), blob.get("privacy"),
+                   blob.get("shared"))
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
@@ -143,15 +150,24 @@ class ClientTrainer:
         return {k: v.to(self.device) for k, v in batch.items()}
 
     def load(self, global_shared: np.ndarray, state: ClientState) -> None:
-        load_adapter_state(self.model.unet, "shared", unflatten_state(global_shared, self.template))
+        """Put ``state``'s identity adapter and the shared adapter into the model: the global one, or the client's
+        own copy when the state carries one (local-only baseline)."""
+        shared = state.shared if state.shared is not None else global_shared
+        load_adapter_state(self.model.unet, "shared", unflatten_state(shared, self.template))
         load_adapter_state(self.model.unet, "identity", state.identity)
 
     # --------------------------------------------------------------------------------------------- train
     def fit(self, client: ClientData, state: ClientState | None, global_shared: np.ndarray, *, server_round: int,
-            mu: float = 0.0, local_steps: int | None = None, train_shared: bool = True) -> tuple[ClientUpdate,
-                                                                                                 ClientState]:
-        """Local training: E steps of diffusion + lambda_tdc * TDC (+ mu/2 ||w - w_global||^2), then scalars."""
+            mu: float = 0.0, local_steps: int | None = None, train_shared: bool = True,
+            local_shared: bool = False) -> tuple[ClientUpdate, ClientState]:
+        """Local training: E steps of diffusion + lambda_tdc * TDC (+ mu/2 ||w - w_global||^2), then scalars.
+
+        ``local_shared`` (local-only baseline): the shared adapter starts from the client's own copy in ``state``
+        (``global_shared`` the first time) and the trained copy is kept in the new state; the returned delta is
+        relative to where it started and is never aggregated."""
         cfg = self.cfg
+        if local_shared and state is not None and state.shared is not None:
+            global_shared = state.shared
         seed = (cfg.experiment.seed, server_round, client.client_id)
         rng = np.random.default_rng(seed)
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
@@ -221,7 +237,8 @@ class ClientTrainer:
         delta = (new_shared - global_shared).astype(np.float32) if train_shared else np.zeros_like(global_shared)
         norm = float(np.linalg.norm(delta))
         new_state = ClientState(get_adapter_state(self.model.unet, "identity"), opt_id.state_dict(),
-                                state.rounds_trained + 1, state.privacy)
+                                state.rounds_trained + 1, state.privacy,
+                                new_shared.astype(np.float32) if local_shared else None)
         status, message = "ok", ""
         if skipped:
             message = f"fp16: {skipped} of {steps} steps skipped by the GradScaler (gradients overflowed)"
@@ -231,6 +248,86 @@ class ClientTrainer:
                               float(np.mean(tdcs)), id_sim, temp_stab, norm, val_loss, status, message,
                               delta, sample_eps)
         return update, new_state
+
+    def fit_pooled(self, clients: list[ClientData], states: list[ClientState | None], global_shared: np.ndarray, *,
+                   server_round: int, steps: int) -> tuple[list[ClientUpdate], list[ClientState]]:
+        """The *pooled* baseline (``fed.strategy: pooled``): the same adapters trained centrally, on all the given
+        clients' clips together, for ``steps`` optimiser steps.
+
+        Each step draws one client with probability proportional to its training clips (so every training clip is
+        equally likely), loads that client's identity adapter and trains it together with the one shared adapter
+        on a batch of the client's clips: diffusion + lambda_tdc * TDC, as :meth:`fit`. The shared adapter has one
+        optimiser for the round (as a client's in :meth:`fit`); each identity adapter keeps its own optimiser state
+        across rounds. No privacy applies (a central trainer sees every clip): this is the non-private upper bound.
+
+        Returns one update per client, each carrying the same pooled delta of the shared adapter (so any weighted
+        average of the round's updates is that delta), and each client's new state (unchanged for a client that
+        was never drawn)."""
+        cfg = self.cfg
+        if cfg.privacy.dp_sgd:
+            raise ConfigError("fed.strategy: 'pooled' is the non-private central baseline; it cannot use "
+                              "privacy.dp_sgd")
+        rng = np.random.default_rng((cfg.experiment.seed, server_round, 0x900D))
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        states = [st if st is not None else ClientState(initial_identity_state(self.model, c.client_id,
+                                                                               cfg.experiment.seed))
+                  for c, st in zip(clients, states)]
+        load_adapter_state(self.model.unet, "shared", unflatten_state(global_shared, self.template))
+        shared = list(adapter_parameters(self.model.unet, "shared").values())
+        identity = adapter_parameters(self.model.unet, "identity")
+        set_trainable(self.model.unet, ["shared", "identity"])
+        opt_sh = torch.optim.Adam(shared, lr=cfg.train.lr_shared)
+        id_values = [dict(st.identity) for st in states]
+        id_opts: dict[int, torch.optim.Adam] = {}
+        counts = np.array([len(c.train) for c in clients], dtype=float)
+        p = counts / counts.sum()
+        losses: list[list[float]] = [[] for _ in clients]
+        diffs, tdcs = [], []
+        scaler = self._grad_scaler()
+        self.model.train()
+        for _ in range(steps):
+            k = int(rng.choice(len(clients), p=p))
+            load_adapter_state(self.model.unet, "identity", id_values[k])
+            if k not in id_opts:  # each client's Adam moments, over the same parameter tensors
+                id_opts[k] = torch.optim.Adam(list(identity.values()), lr=cfg.train.lr_identity)
+                if states[k].optimizer:
+                    id_opts[k].load_state_dict(states[k].optimizer)
+            batch = self._batch(clients[k], rng)
+            with self._autocast():
+                out = diffusion_losses(self.model, batch, lambda_tdc=cfg.train.lambda_tdc,
+                                       tdc_space=cfg.train.tdc_space, generator=gen,
+                                       audio_dropout=cfg.model.audio_dropout)
+            optimizer_step(out["loss"], [id_opts[k], opt_sh], list(identity.values()) + shared, scaler=scaler,
+                           grad_clip=cfg.train.grad_clip)
+            id_values[k] = get_adapter_state(self.model.unet, "identity")
+            losses[k].append(float(out["loss"].detach()))
+            diffs.append(float(out["diffusion"].detach()))
+            tdcs.append(float(out["tdc"].detach()))
+        self.model.eval()
+        set_trainable(self.model.unet, [])
+        new_shared = flatten_state(get_adapter_state(self.model.unet, "shared"))
+        delta = (new_shared - global_shared).astype(np.float32)
+        norm = float(np.linalg.norm(delta))
+        mean_loss = float(np.mean([x for ls in losses for x in ls])) if steps else math.nan
+        updates, new_states = [], []
+        for k, (client, st) in enumerate(zip(clients, states)):
+            drawn = k in id_opts
+            new_st = ClientState(id_values[k], id_opts[k].state_dict() if drawn else st.optimizer,
+                                 st.rounds_trained + int(drawn), st.privacy)
+            self.load(new_shared, new_st)
+            id_sim, temp_stab = self.reliability(client, np.random.default_rng((cfg.experiment.seed, server_round,
+                                                                               client.client_id, 1)))
+            val_loss = self.validation_loss(client)
+            status, message = "ok", "" if drawn else "pooled: no step drew this client this round"
+            if not np.all(np.isfinite(delta)) or not math.isfinite(mean_loss):
+                status, message = "nonfinite", "update or loss contains NaN/Inf"
+            updates.append(ClientUpdate(client.client_id, client.num_examples,
+                                        float(np.mean(losses[k])) if losses[k] else mean_loss,
+                                        float(np.mean(diffs)) if diffs else math.nan,
+                                        float(np.mean(tdcs)) if tdcs else math.nan, id_sim, temp_stab, norm,
+                                        val_loss, status, message, delta))
+            new_states.append(new_st)
+        return updates, new_states
 
     def _dp_sgd_step(self, client, rng, gen, optimizers, train_shared: bool, mu: float,
                      global_params) -> tuple[float, float, float]:

@@ -150,6 +150,9 @@ class ClientHost:
             self.omega.clear()
             self.secagg.clear()
             self.round = server_round
+        if round_cfg.get("pooled"):
+            return self._fit_pooled(client_ids, global_shared, server_round, round_cfg)
+        local = bool(round_cfg.get("local_shared"))
         reports = []
         for cid in client_ids:
             t0 = time.perf_counter()
@@ -162,7 +165,7 @@ class ClientHost:
                     update.temp_stab += float(rng.normal(0, sigma))
                 self._screen(update)
                 rep = update.scalars()
-                if update.status == "ok":
+                if update.status == "ok" and not local:  # local-only: nothing is kept for the server
                     self.pending[cid] = update
                     if round_cfg.get("dp_weight"):
                         self.omega[cid] = bounded_weight(device_weight(rep, round_cfg["dp_weight"]))
@@ -186,12 +189,34 @@ class ClientHost:
         client = self.data.get(cid)
         state = self.states.load(cid, before_round=server_round)
         update, new_state = self.trainer.fit(client, state, global_shared, server_round=server_round,
-                                             mu=float(round_cfg.get("mu", 0.0)))
+                                             mu=float(round_cfg.get("mu", 0.0)),
+                                             local_shared=bool(round_cfg.get("local_shared")))
         if round_cfg.get("fault_nan_clients") and cid in round_cfg["fault_nan_clients"]:
             update.delta[:] = np.nan  # fault injection for tests of the server's rejection path
             update.status, update.message = "nonfinite", "update contains NaN/Inf"
         self.states.save(cid, server_round, new_state)
         return update
+
+    def _fit_pooled(self, client_ids: list[int], global_shared: np.ndarray, server_round: int,
+                    round_cfg: dict[str, Any]) -> list[dict[str, Any]]:
+        """The pooled baseline: one central training over all ``client_ids``' clips on this host
+        (:meth:`ClientTrainer.fit_pooled`); every client reports, and keeps for the sum, the same pooled delta."""
+        t0 = time.perf_counter()
+        clients = [self.data.get(cid) for cid in client_ids]
+        states = [self.states.load(cid, before_round=server_round) for cid in client_ids]
+        updates, new_states = self.trainer.fit_pooled(clients, states, global_shared, server_round=server_round,
+                                                      steps=int(round_cfg["pooled_steps"]))
+        reports = []
+        for cid, update, new_state in zip(client_ids, updates, new_states):
+            self.states.save(cid, server_round, new_state)
+            self._screen(update)
+            if update.status == "ok":
+                self.pending[cid] = update
+            rep = update.scalars()
+            rep.update(worker=self.worker, node_id=_node_id(), gpu_ids=os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+                       fit_s=(time.perf_counter() - t0) / max(1, len(client_ids)))
+            reports.append(rep)
+        return reports
 
     def _screen(self, update: ClientUpdate) -> None:
         """Reject, on the client's own host, an update the server must never sum: non-finite values or an absurd

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from pftray.config import Config
+from pftray.errors import RuntimeFailure
 from pftray.fed.pool import Pool
 from pftray.fed.strategy import ServerOptimizer, make_strategy
 from pftray.privacy.dp import AdaptiveClipping
@@ -46,7 +47,7 @@ from pftray.results import RunDir, atomic_write_bytes, atomic_write_text
 METRIC_KEYS = ("psnr", "ssim", "mouth_psnr", "mouth_ssim", "lip_sync", "jitter", "temp_stab_eval")
 
 
-class RunError(RuntimeError):
+class RunError(RuntimeFailure):
     """A run cannot go on (e.g. its privacy budget would be exceeded at start); the message says why."""
 
 
@@ -64,6 +65,9 @@ class FederatedServer:
                  num_registered: int, progress: Callable[[dict[str, Any]], None] | None = None):
         self.cfg, self.run, self.pool = cfg, run, pool
         self.strategy = make_strategy(cfg.fed)
+        if self.strategy.central and len(getattr(pool, "hosts", ())) != 1:
+            raise RunError("fed.strategy 'pooled' trains centrally, in one process: run it in-process with one host "
+                           "(pftray run --local)")
         self.server_opt = ServerOptimizer.from_config(cfg.fed)
         self.num_registered = num_registered
         self.progress = progress
@@ -140,11 +144,14 @@ class FederatedServer:
         t0 = time.perf_counter()
         if self.dp is not None and self.dp.placement == "central" and not self._release_allowed(r, self.dp.central_event()):
             return None
-        ids = self.sample(r)
+        ids = list(range(self.num_registered)) if self.strategy.central else self.sample(r)
         private = p.secagg  # under secure aggregation no per-client value reaches the driver
         round_cfg = {**self.strategy.client_config(r), "noise_scalars": p.noise_scalars, "private_reports": private,
                      "dp_weight": (self.strategy.device_weight_spec(p.example_cap)
                                    if self.dp is not None or private else None)}
+        if self.strategy.central:  # the federated methods' expected compute per round
+            per_round = cfg.fed.sample_rate * self.num_registered if cfg.fed.sample_rate > 0 else cfg.fed.clients_per_round
+            round_cfg["pooled_steps"] = max(1, round(per_round * cfg.train.local_steps))
         d = st.global_shared.size
         reports = self.pool.fit(ids, st.global_shared, r, round_cfg) if ids else []
         by_id = {rep["client_id"]: rep for rep in reports}
@@ -154,8 +161,9 @@ class FederatedServer:
         for rep in ok:
             if math.isfinite(float(rep.get("sample_epsilon", math.nan))):
                 self.sample_epsilon_max = max(self.sample_epsilon_max, float(rep["sample_epsilon"]))
+        communicates = self.strategy.aggregates and not self.strategy.central  # baselines send nothing
         row: dict[str, Any] = {"server_round": r, "n_sampled": len(ids), "n_ok": len(ok),
-                               "n_failed": len(ids) - len(ok), "bytes_down": len(ids) * d * 4}
+                               "n_failed": len(ids) - len(ok), "bytes_down": len(ids) * d * 4 if communicates else 0}
         weights = np.zeros(0)
         # central DP releases every round, noise included, however few clients succeeded: skipping a round because
         # too few took part would itself reveal a data-dependent count that no noise covers
@@ -164,6 +172,9 @@ class FederatedServer:
             row["status"] = "failed"
             row["message"] = f"{len(ok)} successful clients < fed.min_clients {cfg.fed.min_clients}"
             row["bytes_up"] = 0
+        elif not self.strategy.aggregates:  # local only: every client keeps its own adapters, nothing is summed
+            weights = np.full(len(ok), np.nan)
+            row["status"], row["bytes_up"] = "ok", 0
         else:
             weights = self.strategy.weights(ok) if round_cfg["dp_weight"] is None else np.full(len(ok), np.nan)
             try:
@@ -172,7 +183,7 @@ class FederatedServer:
                     return None
                 agg, centred_count, bytes_up = out
                 st.global_shared = self.server_opt.step(st.global_shared, agg)
-                row["status"], row["bytes_up"] = "ok", bytes_up
+                row["status"], row["bytes_up"] = "ok", bytes_up if communicates else 0
                 if self.dp is not None:
                     st.clipping_norm = self.dp.update_clipping(centred_count, noised=self._count_noised)
                 elif self.adaptive is not None:

@@ -85,6 +85,8 @@ class Strategy:
     (:meth:`device_weight_spec`, evaluated by :func:`device_weight` on the client's host)."""
 
     name = "base"
+    aggregates = True  # the server sums the round's updates into the global shared adapter
+    central = False  # one trainer sees every client's clips (the pooled baseline)
 
     def __init__(self, cfg: FedConfig):
         self.cfg = cfg
@@ -137,7 +139,34 @@ class ISFA(Strategy):
                 "gamma": self.cfg.isfa_gamma}
 
 
-STRATEGIES: dict[str, type[Strategy]] = {"fedavg": FedAvg, "fedprox": FedProx, "isfa": ISFA}
+class LocalOnly(FedAvg):
+    """Baseline *local only*: every sampled client trains both adapters (its own copy of the shared one, kept in its
+    private state) on its own clips, for the same local compute as the federated methods; nothing is uploaded and
+    nothing is aggregated, so the global shared adapter stays at its data-independent initialisation."""
+
+    name = "local"
+    aggregates = False
+
+    def client_config(self, server_round: int) -> dict[str, Any]:
+        return {"mu": 0.0, "local_shared": True}
+
+
+class Pooled(FedAvg):
+    """Baseline *pooled*: the same adapters trained centrally on all clients' clips together (one trainer in one
+    process sees every clip; :meth:`pftray.fed.client.ClientTrainer.fit_pooled`), for the federated methods'
+    expected compute per round (clients per round x local steps). The non-private upper bound."""
+
+    name = "pooled"
+    central = True
+
+    def client_config(self, server_round: int) -> dict[str, Any]:
+        return {"mu": 0.0, "pooled": True}
+
+
+STRATEGIES: dict[str, type[Strategy]] = {"fedavg": FedAvg, "fedprox": FedProx, "isfa": ISFA, "local": LocalOnly,
+                                         "pooled": Pooled}
+#: the baselines among the strategies (no federated aggregation; no client-level DP or secure aggregation)
+BASELINES = ("local", "pooled")
 
 
 def make_strategy(cfg: FedConfig) -> Strategy:

@@ -30,13 +30,13 @@ import numpy as np
 import ray
 
 from pftray.config import Config, TierConfig
-from pftray.errors import RuntimeFailure
+from pftray.errors import InputError, RuntimeFailure
 
 log = logging.getLogger(__name__)
 
 
-class TierError(RuntimeError):
-    """A tier asks for resources that no node of the cluster has."""
+class TierError(InputError):
+    """A tier of ``runtime.tiers`` asks for resources that no node of the cluster has (exit 2)."""
 
 
 @ray.remote

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pftray.errors import RuntimeFailure
 from pftray.privacy.secagg.quantize import QuantizationSpec, SignedQuantization
 
 __all__ = [
@@ -50,11 +51,11 @@ STAGES: tuple[str, ...] = ("advertise_keys", "share_keys", "masked_input", "unma
 _ID_BYTES = 4
 
 
-class SecAggAbort(RuntimeError):
+class SecAggAbort(RuntimeFailure):
     """The round cannot complete securely (too few survivors or too few valid shares)."""
 
 
-class SecAggProtocolError(RuntimeError):
+class SecAggProtocolError(RuntimeFailure):
     """A party received a message out of order or inconsistent with the protocol state."""
 
 

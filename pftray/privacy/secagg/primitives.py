@@ -30,6 +30,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from pftray.errors import RuntimeFailure
+
 __all__ = [
     "FIELD_PRIME",
     "KEY_BYTES",
@@ -62,7 +64,7 @@ SEED_BYTES = 32
 _NONCE_BYTES = 12
 
 
-class ShareDecryptionError(ValueError):
+class ShareDecryptionError(RuntimeFailure, ValueError):
     """Authenticated decryption failed: the ciphertext, its nonce or its associated data was altered."""
 
 

@@ -1,0 +1,127 @@
+"""The two baselines beside the federated methods, in the same run-directory format:
+
+* ``fed.strategy: local`` (local only): each sampled client trains both adapters on its own clips and keeps
+  them; nothing reaches the server, whose global shared adapter stays at its initialisation;
+* ``fed.strategy: pooled``: the same adapters trained centrally on all clients' clips (non-private upper bound).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pftray.errors import ConfigError
+from pftray.fed.client import ClientTrainer
+from pftray.fed.heldout import sample_heldout
+from pftray.fed.host import ClientHost, ClientStateStore
+from pftray.fed.pool import LocalPool
+from pftray.fed.server import FederatedServer, RunError
+from pftray.results import RunDir
+from pftray.runtime.driver import initial_shared, make_pool, prepare_run
+from tests.tinycfg import tiny_config
+
+
+def _run(cfg, path, pool=None):
+    run = RunDir(path)
+    prepare_run(cfg, run)
+    pool = pool if pool is not None else make_pool(cfg, run.path, kind="local")
+    server = FederatedServer(cfg, run, pool, initial_shared(cfg), num_registered=cfg.data.num_clients)
+    summary = server.run_rounds()
+    return run, server, pool, summary
+
+
+def test_local_only_sends_nothing_and_each_client_keeps_its_own_shared_adapter(tmp_path):
+    cfg = tiny_config(**{"fed.strategy": "local", "fed.rounds": 2, "fed.clients_per_round": 2})
+    run = RunDir(tmp_path / "run")
+    prepare_run(cfg, run)
+    pool = make_pool(cfg, run.path, kind="local")
+    sent = []
+    for name in ("contribute", "secagg_stage"):  # the only ways an update can reach the server
+        orig = getattr(pool, name)
+        setattr(pool, name, lambda *a, _o=orig, _n=name, **k: sent.append(_n) or _o(*a, **k))
+    server = FederatedServer(cfg, run, pool, initial_shared(cfg), num_registered=cfg.data.num_clients)
+    assert server.run_rounds()["status"] == "done"
+    assert sent == []
+    assert all(not h.pending for h in pool.hosts)  # no update waits on a host for a sum either
+    rounds = run.table("rounds")
+    assert (rounds["status"] == "ok").all() and (rounds["bytes_up"] == 0).all() and (rounds["bytes_down"] == 0).all()
+    init = initial_shared(cfg)
+    np.testing.assert_array_equal(server.state.global_shared, init)
+
+    store = ClientStateStore(run.clients, resident=0)
+    trained = sorted(set(run.table("clients").query("status == 'ok'")["client_id"]))
+    assert len(trained) >= 2
+    own = {cid: store.load(cid, before_round=99).shared for cid in trained}
+    for cid, vec in own.items():
+        assert vec is not None and vec.shape == init.shape and np.linalg.norm(vec - init) > 0, cid
+    a, b = trained[:2]
+    assert np.linalg.norm(own[a] - own[b]) > 0  # each its own, not a shared average
+
+    # a client trained twice continued from its own copy: its rounds_trained counts both rounds
+    twice = [c for c in trained if (run.table("clients").query("status == 'ok'")["client_id"] == c).sum() == 2]
+    for cid in twice:
+        assert store.load(cid, before_round=99).rounds_trained == 2
+
+    # the personalised evaluation uses the client's own shared adapter, not the (untouched) global one
+    cid = trained[0]
+    trainer = ClientTrainer(cfg)
+    client = pool.hosts[0].data.get(cid)
+    state = store.load(cid, before_round=99)
+    eval_cfg = cfg.replace(**{"eval.frames": 2, "eval.sample_steps": 2})
+    with_own = sample_heldout(trainer, client, state, init, cfg=eval_cfg, baseline=False)[0].outputs["personalised"]
+    state.shared = None
+    with_global = sample_heldout(trainer, client, state, init, cfg=eval_cfg, baseline=False)[0].outputs["personalised"]
+    assert float((with_own - with_global).abs().max()) > 1e-4
+
+
+def test_pooled_trains_one_shared_adapter_on_every_clients_clips(tmp_path, monkeypatch):
+    drawn: list[int] = []
+    batch = ClientTrainer._batch
+
+    def spy(self, client, rng, clips=None):
+        if self.model.training:  # a training step (reliability and validation batches run in eval mode)
+            drawn.append(client.client_id)
+        return batch(self, client, rng, clips)
+
+    monkeypatch.setattr(ClientTrainer, "_batch", spy)
+    cfg = tiny_config(**{"fed.strategy": "pooled", "fed.rounds": 1, "fed.clients_per_round": 2,
+                         "train.local_steps": 12})
+    run, server, pool, summary = _run(cfg, tmp_path / "run")
+    assert summary["status"] == "done"
+    # the federated methods' compute: clients_per_round x local_steps steps, drawn over ALL registered clients
+    assert len(drawn) == 2 * 12
+    assert set(drawn) == set(range(cfg.data.num_clients))
+    clients = run.table("clients")
+    assert sorted(clients["client_id"]) == list(range(cfg.data.num_clients)) and set(clients["status"]) == {"ok"}
+    # every client reports the same pooled delta, so the weighted average of the round is that delta
+    assert clients["update_norm"].nunique() == 1
+    init = initial_shared(cfg)
+    moved = float(np.linalg.norm(server.state.global_shared - init))
+    assert moved == pytest.approx(float(clients["update_norm"].iloc[0]), rel=1e-5)
+    rounds = run.table("rounds")
+    assert (rounds["bytes_up"] == 0).all() and (rounds["bytes_down"] == 0).all()
+    # each drawn client's identity adapter was trained (it differs from its fresh initialisation)
+    from pftray.model.factory import initial_identity_state
+
+    store = ClientStateStore(run.clients, resident=0)
+    model = pool.hosts[0].trainer.model
+    for cid in set(drawn):
+        fresh = initial_identity_state(model, cid, cfg.experiment.seed)
+        got = store.load(cid, before_round=2).identity
+        assert any(not torch.equal(got[k], fresh[k]) for k in fresh), cid
+
+
+def test_pooled_needs_one_host_and_baselines_refuse_privacy(tmp_path):
+    cfg = tiny_config(**{"fed.strategy": "pooled"})
+    run = RunDir(tmp_path / "run")
+    prepare_run(cfg, run)
+    pool = LocalPool([ClientHost(cfg, str(run.path), worker=f"h{i}") for i in range(2)])
+    with pytest.raises(RunError, match="pooled.*one host"):
+        FederatedServer(cfg, run, pool, initial_shared(cfg), num_registered=cfg.data.num_clients)
+    for strategy in ("local", "pooled"):
+        with pytest.raises(ConfigError, match=rf"^fed.strategy: '{strategy}' is a baseline.*privacy.noise_multiplier"):
+            tiny_config(**{"fed.strategy": strategy, "privacy.noise_multiplier": 1.0, "privacy.clipping_norm": 1.0,
+                           "fed.sample_rate": 0.5})
+        with pytest.raises(ConfigError, match="privacy.secagg"):
+            tiny_config(**{"fed.strategy": strategy, "privacy.secagg": True})
