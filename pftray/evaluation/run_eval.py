@@ -79,7 +79,7 @@ def score_samples(samples: list[ClipSample], suite, *, server_round: int) -> lis
                     "clip": clip.clip_id,
                     "model": name,
                     "frames": n,
-                    **clip_scores(pred, s.gt01, clip.mouth_box[:n], clip.mouth[:n]),
+                    **clip_scores(pred, s.gt01, clip.mouth_box[:n], clip.mouth[:n], clip.extras),
                     **flatten_for_table(extra),
                 }
             )

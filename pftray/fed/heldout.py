@@ -27,7 +27,7 @@ from pftray.config import Config
 from pftray.data import ClientData
 from pftray.data.synthetic import estimate_mouth_openness
 from pftray.metrics.base import is_missing
-from pftray.metrics.image import psnr, region_psnr, region_ssim, ssim
+from pftray.metrics.image import pooled_box_psnr, psnr, region_psnr, region_ssim, ssim
 from pftray.metrics.sync import mouth_sync_correlation
 from pftray.metrics.temporal import temporal_jitter, temporal_stability
 
@@ -98,8 +98,11 @@ def sample_heldout(trainer, client: ClientData, state, global_shared: np.ndarray
     return out
 
 
-def clip_scores(pred01: torch.Tensor, gt01: torch.Tensor, boxes: np.ndarray, gt_mouth: np.ndarray) -> dict[str, Any]:
-    """Metrics of a generated clip ``[T, 3, H, W]`` in [0, 1] against the ground truth."""
+def clip_scores(pred01: torch.Tensor, gt01: torch.Tensor, boxes: np.ndarray, gt_mouth: np.ndarray,
+                extras: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """Metrics of a generated clip ``[T, 3, H, W]`` in [0, 1] against the ground truth. With the synthetic shifted
+    scenario's ``extras["shift_box"]`` (first ``T`` frames) also ``shift_psnr``: PSNR over the pixels of the shift
+    region (the teeth), pooled over the frames that show it, where whole-frame PSNR would hide the effect."""
     b = torch.as_tensor(boxes, dtype=torch.long)
     opening = estimate_mouth_openness(pred01.permute(0, 2, 3, 1).numpy(), boxes, value_range=(0.0, 1.0))
     sync = mouth_sync_correlation(opening, gt_mouth) if len(gt_mouth) > 2 else math.nan
@@ -112,6 +115,8 @@ def clip_scores(pred01: torch.Tensor, gt01: torch.Tensor, boxes: np.ndarray, gt_
         "jitter": temporal_jitter(pred01, gt01) if len(gt01) > 1 else math.nan,
         "temp_stab_eval": temporal_stability(pred01, gt01) if len(gt01) > 1 else math.nan,
     }
+    if extras and "shift_box" in extras:
+        out["shift_psnr"] = pooled_box_psnr(pred01, gt01, extras["shift_box"][: len(gt01)])
     return out
 
 
@@ -125,7 +130,7 @@ def evaluate_client(trainer, client: ClientData, state, global_shared: np.ndarra
         n = s.gt01.shape[0]
         for name, pred01 in s.outputs.items():
             rows.append({"client_id": client.client_id, "clip": s.clip.clip_id, "model": name, "frames": n,
-                         **clip_scores(pred01, s.gt01, s.clip.mouth_box[:n], s.clip.mouth[:n])})
+                         **clip_scores(pred01, s.gt01, s.clip.mouth_box[:n], s.clip.mouth[:n], s.clip.extras)})
     if save_dir is not None and samples:
         save_grid(Path(save_dir) / f"client-{client.client_id}_round-{server_round}.png", samples[0].gt01,
                   samples[0].outputs)

@@ -44,7 +44,7 @@ from pftray.privacy.dp import AdaptiveClipping
 from pftray.privacy.layer import DPLayer
 from pftray.results import RunDir, atomic_write_bytes, atomic_write_text
 
-METRIC_KEYS = ("psnr", "ssim", "mouth_psnr", "mouth_ssim", "lip_sync", "jitter", "temp_stab_eval")
+METRIC_KEYS = ("psnr", "ssim", "mouth_psnr", "mouth_ssim", "shift_psnr", "lip_sync", "jitter", "temp_stab_eval")
 
 
 class RunError(RuntimeFailure):

@@ -124,3 +124,39 @@ def test_region_metrics_only_see_the_box():
     crop_p, crop_t = pred[:, :, 4:20, 4:20], target[:, :, 4:20, 4:20]
     assert region_psnr(pred, target, box) == pytest.approx(psnr(crop_p, crop_t))
     assert region_ssim(pred, target, box) == pytest.approx(_skimage_ssim(crop_p, crop_t), abs=1e-6)
+
+
+def test_pooled_box_psnr_scores_only_the_boxed_pixels_pooled_over_frames():
+    from pftray.metrics.image import pooled_box_psnr
+
+    gt = torch.full((3, 3, 16, 16), 0.5)
+    pred = gt.clone()
+    boxes = np.array([[2, 6, 3, 9], [0, 0, 0, 0], [10, 12, 10, 16]], dtype=np.int32)  # frame 1: no region
+    pred[0, :, 2:6, 3:9] += 0.1
+    pred[2, :, 10:12, 10:16] += 0.1
+    pred[1] = 0.0  # a wrong frame without a region does not count
+    pred[0, :, 12:, 12:] = 1.0  # nor do errors outside the boxes
+    assert pooled_box_psnr(pred, gt, boxes) == pytest.approx(20.0, abs=1e-4)  # MSE 0.01 (float32) on boxed pixels
+    # pooling is over pixels, not a mean of per-frame PSNRs: a 2x larger error on the small box only
+    pred[2, :, 10:12, 10:16] = gt[2, :, 10:12, 10:16] + 0.2
+    n0, n2 = 4 * 6, 2 * 6
+    assert pooled_box_psnr(pred, gt, boxes) == pytest.approx(10 * math.log10((n0 + n2) / (n0 * 0.01 + n2 * 0.04)),
+                                                             abs=1e-4)
+    assert math.isnan(pooled_box_psnr(pred, gt, np.zeros((3, 4), np.int32)))
+    with pytest.raises(ValueError, match="boxes must be"):
+        pooled_box_psnr(pred, gt, boxes[:2])
+
+
+def test_clip_scores_add_shift_psnr_only_with_the_scenarios_ground_truth():
+    from pftray.fed.heldout import clip_scores
+
+    rng = np.random.default_rng(0)
+    gt = torch.from_numpy(rng.random((4, 3, 32, 32), dtype=np.float32))
+    pred = (gt + 0.05).clamp(0, 1)
+    mouth = np.tile(np.array([[18, 28, 8, 24]], np.int32), (4, 1))
+    base = clip_scores(pred, gt, mouth, np.linspace(0, 1, 4, dtype=np.float32))
+    assert "shift_psnr" not in base
+    box = np.tile(np.array([[20, 24, 12, 20]], np.int32), (6, 1))  # extras cover the whole clip: cut to T
+    out = clip_scores(pred, gt, mouth, np.linspace(0, 1, 4, dtype=np.float32), {"shift_box": box})
+    d = (pred - gt)[:, :, 20:24, 12:20].double()
+    assert out["shift_psnr"] == pytest.approx(float(10 * torch.log10(1 / (d**2).mean())), abs=1e-9)
