@@ -7,6 +7,7 @@ name              definition                                                    
 ================  ==============================================================  ==============  ======
 psnr, ssim        :func:`pftray.metrics.image.psnr` / ``ssim``, mean over frames  always          higher
 mouth_psnr/_ssim  same on the mouth crops (``mouth_box``)                         mouth_box       higher
+shift_psnr        PSNR of the pixels in ``extras["shift_box"]``, pooled           shift_box       higher
 lpips             LPIPS-Alex, mean over frames                                    AlexNet file    lower
 jitter            temporal jitter J (DESIGN's J_k)                                T >= 2          lower
 temp_stab         1 / (1 + J)                                                     T >= 2          higher
@@ -56,6 +57,7 @@ METRIC_BETTER: dict[str, str] = {
     "ssim": "higher",
     "mouth_psnr": "higher",
     "mouth_ssim": "higher",
+    "shift_psnr": "higher",
     "lpips": "lower",
     "jitter": "lower",
     "temp_stab": "higher",
