@@ -16,12 +16,14 @@ csim               mean over frames t of cos(e(pred_t), e(gt_t)), e = dlib ResNe
                    measured on the shared real clips, the same person 1.6 s apart 0.91-0.998 (0.998 for a
                    2 px shift plus noise), different people 0.80-0.91, and 0.90-0.95 for two Asian men with
                    glasses (dlib's same-person rule, Euclidean distance < 0.6, is cos > ~0.91 at the
-                   descriptors' norm ~1.45): compare models by their csim, do not read it as a verdict.
+                   descriptors' norm ~1.45); a uniform grey frame scores 0.84 and noise 0.85 against a real
+                   face. Compare models by their csim; do not read one value as a verdict on identity.
                    Embeddings on at most ``max_embed_frames`` evenly spaced frames.
 lmd_face (lower)   landmark distance: mean over frames of (mean over the 68 points of |p_i - g_i|) / IOD_t,
                    IOD_t = ground-truth inter-ocular distance |g_36 - g_45| (outer eye corners, as 300-W's
                    normalised mean error). Resolution-free: 0.05 = 5 % of the eye distance; a uniform shift of
-                   s px gives about s / IOD.
+                   s px gives about s / IOD. The predictor always answers (no detection), with a shape near its
+                   mean face on a non-face: a grey or noise frame scores about 0.2, not "infinitely far".
 lmd_mouth (lower)  the same over the 20 lip points 48-67 (still normalised by the IOD, not the mouth width).
 lip_sync_lmk       Pearson r over the clip's frames of the landmark mouth ratio (inner-lip gap / mouth width,
                    :func:`pftray.data.landmarks.mouth_ratio`, unclipped) of generated vs ground-truth frames,

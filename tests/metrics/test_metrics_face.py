@@ -203,6 +203,15 @@ def test_face_metrics_of_a_clip_and_the_ground_truth_cache(monkeypatch):
 
 
 @needs_dlib
+def test_face_metrics_of_a_non_face():
+    gt = _t01(np.stack([_crop(0, i % 2) for i in range(3)]))
+    out = fm.FaceMetrics(max_embed_frames=2)(torch.full_like(gt, 0.5), gt)
+    assert out["csim"] < 0.9  # measured 0.84: dlib's descriptors are not centred, the floor is far above 0
+    assert out["lmd_face"] > 0.1 and out["lmd_mouth"] > 0.08  # measured 0.21 / 0.15: the predictor's mean face
+    assert "constant generated series" in out["lip_sync_lmk"].reason
+
+
+@needs_dlib
 def test_isfa_identity_consistency_scalar():
     ref = _t01(_crop()[None])
     own = _t01(np.stack([_crop(1, 0), _crop(0, 2), _crop(-2, -1)]))
