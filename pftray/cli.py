@@ -163,7 +163,8 @@ def cmd_data_prepare(args) -> int:
     src = Path(args.source)
     if not src.is_dir():
         raise InputError(f"--source {src}: not a folder of <speaker>/<clip>.mp4 files")
-    rep = prepare_dataset(src, Path(args.out), resolution=args.resolution, frames_per_clip=args.frames_per_clip)
+    rep = prepare_dataset(src, Path(args.out), resolution=args.resolution, frames_per_clip=args.frames_per_clip,
+                          crop=args.crop, progress_bar=False if args.no_progress else None)
     print(json.dumps(_jsonable(rep), indent=2, default=str))
     return 0
 
@@ -291,6 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True)
     q.add_argument("--resolution", type=int, default=64)
     q.add_argument("--frames-per-clip", type=int, default=16)
+    q.add_argument("--crop", choices=("face", "center"), default="face",
+                   help="face: track the face and crop around it (default); center: centre square crop, for "
+                        "videos that are already face crops")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar on stderr (shown only on a terminal)")
     q.set_defaults(fn=cmd_data_prepare)
 
     p = sub.add_parser("privacy", help="privacy accounting (prints JSON)")
