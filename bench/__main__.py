@@ -10,6 +10,7 @@ python -m bench tdc               # the TDC default by experiment: none vs eps-s
 python -m bench tail-sim          # simulated tail imbalance of client-granular scheduling (to read `overhead`)
 python -m bench privacy-audit     # accountant epsilon beside the membership audit's lower bound (quickstart, cohort)
 python -m bench table-writes      # per-round cost of writing the run tables at round 10 vs round 1000
+python -m bench federation        # the federated grid: methods, baselines, unreliable clients, DP cohort, TDC
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ BENCHMARKS = {
     "tail-sim": "bench.tail_sim",
     "privacy-audit": "bench.privacy_audit",
     "table-writes": "bench.table_writes",
+    "federation": "bench.federation",
 }
 
 

@@ -57,7 +57,8 @@ class ClientProvider:
         return dict(num_clients=d.num_clients, clips_per_client=d.clips_per_client, heldout_clips=d.heldout_clips,
                     frames_per_clip=d.frames_per_clip, resolution=d.resolution, quantity_skew=d.quantity_skew,
                     unreliable_fraction=d.unreliable_fraction, unreliable_kinds=tuple(d.unreliable_kinds),
-                    n_mels=d.n_mels, audio_window=d.audio_window, seed=self.cfg.experiment.seed)
+                    n_mels=d.n_mels, audio_window=d.audio_window, seed=self.cfg.experiment.seed,
+                    shift_severity=d.shift_severity)
 
     def get(self, client_id: int) -> ClientData:
         if client_id in self.cache:

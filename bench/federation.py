@@ -1,0 +1,444 @@
+"""The federated benchmark: does each part of PrivFedTalk do something? One command runs the grid and writes the answer.
+
+The grid is built around one **default cell** (the quickstart model and backbone on the synthetic *shifted*
+scenario, ``data.shift_severity`` = ``--severity``, no unreliable clients, no DP, TDC at the quickstart's weight)
+and varies **one factor at a time**, never the full product:
+
+* ``unreliable``: the methods and baselines (``backbone``, ``local``, ``fedavg``, ``fedprox``, ``isfa``,
+  ``pooled``) x ``data.unreliable_fraction`` in {0, 0.25, 0.5};
+* ``dp``: the federated methods x client-level DP {off, epsilon ~ 8, epsilon ~ 2} on a **cohort** of
+  ``--cohort-clients`` registered clients (>= 100) with Poisson rate ``--cohort-rate`` (>= 20 expected per round), at
+  32 px with a small UNet and its own backbone, pre-trained here once on the public identities (cached); every
+  cohort cell clips client updates at the same ``privacy.clipping_norm``, so DP changes only the noise;
+* ``tdc``: ISFA with ``train.lambda_tdc`` in {0, the default};
+
+each with ``--seeds`` seeds (>= 3). ``backbone`` is not trained: its rows are the ``backbone`` rows of the FedAvg
+run of the same cell (same clips, same DDIM seeds). A cell shared by two factors (the default cell) runs once.
+
+Every run is a normal run directory under ``--work`` (``pftray report``/``compare`` read them); a finished run is
+kept and an interrupted one resumes from its checkpoint, so the command is resumable. The answer goes to
+``--out`` (default ``bench/results/federation``):
+
+* ``units.parquet``: one row per (cell, method, seed, client) with the metrics of its held-out clips;
+* ``summary.md``: per factor, mean +- 95 % t-interval over (seed, client) units, and paired tests (t and Wilcoxon)
+  of each method against FedAvg and against local-only on the same units; for the unreliable factor, the metrics
+  over the **reliable** clients only and over the unreliable ones only, and the AUC of ISFA's score per corruption
+  kind (:mod:`pftray.evaluation.reliability`); for the DP cells, the accountant's epsilon beside the utility;
+* ``rounds.png`` (quality against rounds per method) and ``utility_vs_epsilon.png``.
+
+    python -m bench federation [--quick] [--work runs/bench-federation] [--out bench/results/federation]
+
+``--quick`` is a small grid for a first answer (2 seeds, fewer rounds and clients, fractions {0, 0.5}, DP
+{off, epsilon ~ 8}); the full grid is a benchmark, not CI. ``tests/bench/test_bench_federation.py`` runs the
+machinery on a tiny grid and recomputes the table from the Parquet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+METHODS = ("backbone", "local", "fedavg", "fedprox", "isfa", "pooled")
+FEDERATED = ("fedavg", "fedprox", "isfa")
+METRICS = ("shift_psnr", "mouth_psnr", "psnr", "ssim", "lip_sync", "jitter")
+REFERENCES = ("fedavg", "local")  # paired tests of every method against these
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One point of the grid: a factor's level for one trained method and seed."""
+
+    factor: str  # "unreliable" | "dp" | "tdc"
+    level: str  # e.g. "0.25", "eps8", "lambda0"
+    method: str  # a trained method (backbone rows come from the fedavg run)
+    seed: int
+    overrides: tuple[tuple[str, Any], ...]
+
+    def config_key(self) -> str:
+        """Runs with the same resolved settings are the same run, whichever factor asks for them."""
+        blob = json.dumps(sorted(self.overrides) + [("fed.strategy", self.method), ("seed", self.seed)], default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.method}-s{self.seed}-{self.config_key()}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    base: dict[str, Any]  # dotted overrides on the base config file for every cell
+    cohort: dict[str, Any]  # extra overrides of the DP factor's cohort cells
+    seeds: tuple[int, ...]
+    fractions: tuple[float, ...]
+    epsilons: tuple[float, ...]  # target epsilons of the DP cells (0 = DP off)
+    lambdas: tuple[float, ...]
+    methods: tuple[str, ...] = METHODS
+    dp_methods: tuple[str, ...] = FEDERATED
+    cohort_pretrain: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def default_grid(*, quick: bool, severity: float, seeds: int | None = None, cohort_clients: int = 100,
+                 cohort_rate: float = 0.2) -> Grid:
+    rounds = 6 if quick else 10
+    base = {
+        "data.shift_severity": severity, "data.unreliable_fraction": 0.0, "data.num_clients": 8,
+        "fed.rounds": rounds, "fed.clients_per_round": 4, "fed.eval_every": rounds // 2, "fed.eval_clients": 8,
+        "fed.mu": 0.01, "train.local_steps": 8 if quick else 12, "eval.clips": 1, "eval.frames": 12,
+        "eval.sample_steps": 10, "runtime.resident_clients": 8,
+    }
+    cohort = {
+        "data.num_clients": cohort_clients, "fed.sample_rate": cohort_rate, "fed.eval_clients": 16,
+        "data.resolution": 32, "data.clips_per_client": 2, "data.heldout_clips": 1, "data.frames_per_clip": 8,
+        "model.unet_channels": [32, 32], "model.vae_channels": [16, 32], "model.backbone": "",
+        "model.pose_warp": False, "model.audio_guidance": 1.0, "train.local_steps": 4, "eval.frames": 8,
+        "privacy.clipping_norm": 0.1, "runtime.resident_clients": 4,
+    }
+    pre = {"pretrain.vae_steps": 300 if quick else 600, "pretrain.unet_steps": 500 if quick else 1200,
+           "data.public_identities": 32}
+    return Grid(base=base, cohort=cohort, seeds=tuple(range(seeds or (2 if quick else 3))),
+                fractions=(0.0, 0.5) if quick else (0.0, 0.25, 0.5), epsilons=(0.0, 8.0) if quick else (0.0, 8.0, 2.0),
+                lambdas=(0.0, 0.1), cohort_pretrain=pre)
+
+
+def dp_overrides(eps: float, *, rounds: int, sample_rate: float, delta: float = 1e-5) -> dict[str, Any]:
+    """``privacy.noise_multiplier`` calibrated so that the accountant's epsilon after ``rounds`` is ``eps``."""
+    if eps <= 0:
+        return {"privacy.noise_multiplier": 0.0}
+    from pftray.privacy.accounting import calibrate_noise
+
+    z = calibrate_noise(target_epsilon=eps, sample_rate=sample_rate, rounds=rounds, delta=delta)
+    return {"privacy.noise_multiplier": z, "privacy.target_delta": delta}
+
+
+def cells(grid: Grid) -> list[Cell]:
+    out: list[Cell] = []
+    trained = [m for m in grid.methods if m != "backbone"]
+    if "backbone" in grid.methods and "fedavg" not in trained:
+        trained.append("fedavg")  # the backbone rows come from the FedAvg runs
+    for seed in grid.seeds:
+        for f in grid.fractions:
+            for m in trained:
+                out.append(Cell("unreliable", f"{f:g}", m, seed, tuple({**grid.base,
+                                                                        "data.unreliable_fraction": f}.items())))
+        for lam in grid.lambdas:
+            out.append(Cell("tdc", f"lambda{lam:g}", "isfa", seed, tuple({**grid.base, "train.lambda_tdc": lam}.items())))
+        rounds = int(grid.cohort.get("fed.rounds", grid.base["fed.rounds"]))
+        for eps in grid.epsilons:
+            level = f"eps{eps:g}" if eps > 0 else "nodp"
+            dp = dp_overrides(eps, rounds=rounds, sample_rate=float(grid.cohort["fed.sample_rate"]))
+            for m in grid.dp_methods:
+                out.append(Cell("dp", level, m, seed, tuple({**grid.base, **grid.cohort, **dp}.items())))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ running
+def cohort_backbone(grid: Grid, config: Path, work: Path) -> Path:
+    """The DP cohort's 32 px backbone, pre-trained once on the public identities (resumable, cached)."""
+    from pftray.config import load_config
+    from pftray.model.pretrain import pretrain
+
+    out = work / "backbone-cohort.pt"
+    if out.exists():
+        return out
+    cfg = load_config(config, [f"{k}={json.dumps(v)}" for k, v in {**grid.base, **grid.cohort,
+                                                                   **grid.cohort_pretrain}.items()])
+    t0 = time.perf_counter()
+    pretrain(cfg, out)
+    print(f"cohort backbone: {out} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return out
+
+
+def run_cell(cell: Cell, config: Path, work: Path, *, backbone: Path | None) -> Path:
+    """Run (or resume, or keep) the cell's run directory; returns it."""
+    from pftray.config import load_config
+    from pftray.results import RunDir
+    from pftray.runtime.driver import FINISHED_STATUSES, run_federated
+
+    path = work / "runs" / cell.run_name
+    sets = [f"{k}={json.dumps(v)}" for k, v in cell.overrides]
+    sets += [f"fed.strategy={cell.method}", f"experiment.seed={cell.seed}", f"experiment.name={cell.run_name}"]
+    if backbone is not None:
+        sets.append(f"model.backbone={json.dumps(str(backbone))}")
+    meta = path / "meta.json"
+    if meta.exists() and json.loads(meta.read_text()).get("status") in FINISHED_STATUSES:
+        return path
+    cfg = load_config(config, sets)
+    t0 = time.perf_counter()
+    if (path / "config.yaml").exists():
+        run_federated(resume=str(path), use_ray=False)
+    else:
+        run_federated(cfg, out=str(path), use_ray=False)
+    RunDir(path).update_meta(bench_wall_s=time.perf_counter() - t0)
+    return path
+
+
+def unit_rows(cell: Cell, run_dir: Path) -> pd.DataFrame:
+    """Per-client means over clips of the run's final evaluation: the trained method's ``personalised`` rows
+    (and, from a FedAvg run, the ``backbone`` rows as method ``backbone``), with the ground-truth label."""
+    from pftray.evaluation.ground_truth import unreliable_clients
+    from pftray.results import load_run
+
+    res = load_run(run_dir)
+    ev = res["eval"]
+    ev = ev[ev["server_round"] == ev["server_round"].max()]
+    labels = unreliable_clients(res["config"])
+    frames = []
+    pick = {"personalised": cell.method}
+    if cell.method == "fedavg":
+        pick["backbone"] = "backbone"
+    for model, method in pick.items():
+        sub = ev[ev["model"] == model]
+        cols = {m: pd.to_numeric(sub[m], errors="coerce") if m in sub else math.nan for m in METRICS}
+        per = sub[["client_id"]].assign(**cols).groupby("client_id", as_index=False).mean()
+        per["method"] = method
+        frames.append(per)
+    df = pd.concat(frames, ignore_index=True)
+    meta = res["meta"]
+    rounds = res["rounds"]
+    eps = float(rounds["epsilon"].iloc[-1]) if len(rounds) and "epsilon" in rounds else math.nan
+    return df.assign(factor=cell.factor, level=cell.level, seed=cell.seed, run=cell.run_name,
+                     unreliable=[labels.get(int(c), "") for c in df["client_id"]], epsilon=eps,
+                     wall_s=float(meta.get("bench_wall_s", meta.get("wall_s", math.nan)) or math.nan))
+
+
+# ------------------------------------------------------------------------------------------------ the answer
+def ci_table(units: pd.DataFrame, metrics=METRICS) -> pd.DataFrame:
+    """Mean and 95 % t-interval per (factor, level, method, metric) over (seed, client) units."""
+    from pftray.evaluation.stats import t_interval
+
+    rows = []
+    for (factor, level, method), g in units.groupby(["factor", "level", "method"], sort=False):
+        for m in metrics:
+            vals = g[m].dropna().to_numpy(float)
+            ci = t_interval(vals)
+            rows.append({"factor": factor, "level": level, "method": method, "metric": m, "mean": ci.mean,
+                         "ci_low": ci.low, "ci_high": ci.high, "n": ci.n})
+    return pd.DataFrame(rows)
+
+
+def paired_vs(units: pd.DataFrame, metrics=METRICS, references=REFERENCES) -> pd.DataFrame:
+    """Paired tests of each method against each reference method, within each (factor, level), over the (seed,
+    client) units both evaluated: the mean difference ``method - reference`` with its 95 % t-interval."""
+    from pftray.evaluation.stats import paired_tests, t_interval
+
+    rows = []
+    for (factor, level), g in units.groupby(["factor", "level"], sort=False):
+        for ref in references:
+            r = g[g["method"] == ref].set_index(["seed", "client_id"])
+            if r.empty:
+                continue
+            for method in [m for m in dict.fromkeys(g["method"]) if m != ref]:
+                a = g[g["method"] == method].set_index(["seed", "client_id"])
+                for m in metrics:
+                    pairs = pd.concat([a[m].rename("a"), r[m].rename("b")], axis=1, join="inner").dropna()
+                    if len(pairs) < 2:
+                        continue
+                    d = (pairs["a"] - pairs["b"]).to_numpy(float)
+                    ci = t_interval(d)
+                    res = paired_tests(pairs["a"].to_numpy(float), pairs["b"].to_numpy(float))
+                    rows.append({"factor": factor, "level": level, "method": method, "vs": ref, "metric": m,
+                                 "n_pairs": len(d), "mean_diff": ci.mean, "ci_low": ci.low, "ci_high": ci.high,
+                                 "t_pvalue": res.t_pvalue, "wilcoxon_pvalue": res.wilcoxon_pvalue})
+    return pd.DataFrame(rows)
+
+
+def _fmt(x: float, digits: int = 3) -> str:
+    return "–" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
+
+
+def markdown(units: pd.DataFrame, aucs: pd.DataFrame | None = None, *, metrics=METRICS, command: str = "") -> str:
+    lines = ["# Federated benchmark (`python -m bench federation`)", ""]
+    if command:
+        lines += [f"Command: `{command}`", ""]
+    lines += ["Mean ± 95 % t-interval over (seed, client) units of the held-out clips; Δ = paired mean difference "
+              "(method − reference) with its 95 % t-interval over the same units.", ""]
+    subsets = {"all clients": units}
+    if (units["unreliable"] != "").any():
+        subsets = {"reliable clients": units[units["unreliable"] == ""],
+                   "unreliable clients": units[units["unreliable"] != ""], "all clients": units}
+    for factor in dict.fromkeys(units["factor"]):
+        for name, sub in subsets.items():
+            sub = sub[sub["factor"] == factor]
+            if sub.empty:
+                continue
+            lines += [f"## {factor}: {name}", ""]
+            ci = ci_table(sub, metrics)
+            head = "| level | method | n | " + " | ".join(metrics) + " |"
+            lines += [head, "|" + "---|" * (3 + len(metrics))]
+            for (level, method), g in ci.groupby(["level", "method"], sort=False):
+                cells_ = [f"{_fmt(r['mean'])} ± {_fmt((r['ci_high'] - r['ci_low']) / 2)}" for _, r in g.iterrows()]
+                lines.append(f"| {level} | {method} | {int(g['n'].max())} | " + " | ".join(cells_) + " |")
+            lines.append("")
+            pv = paired_vs(sub, metrics)
+            if not pv.empty:
+                lines += ["| level | method | vs | metric | Δ [95 % CI] | n | p (t) | p (Wilcoxon) |",
+                          "|---|---|---|---|---|---:|---:|---:|"]
+                for _, r in pv.iterrows():
+                    lines.append(f"| {r['level']} | {r['method']} | {r['vs']} | {r['metric']} | "
+                                 f"{_fmt(r['mean_diff'])} [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}] | "
+                                 f"{r['n_pairs']} | {_fmt(r['t_pvalue'], 4)} | {_fmt(r['wilcoxon_pvalue'], 4)} |")
+                lines.append("")
+    dp = units[units["factor"] == "dp"]
+    if not dp.empty:
+        lines += ["## DP cells: privacy beside utility", "",
+                  "| level | method | accountant ε (client-level) |", "|---|---|---:|"]
+        for (level, method), g in dp.groupby(["level", "method"], sort=False):
+            lines.append(f"| {level} | {method} | {_fmt(float(g['epsilon'].max()), 2)} |")
+        lines.append("")
+    if aucs is not None and not aucs.empty:
+        lines += ["## ISFA score AUC against the ground-truth unreliable label, per corruption kind", "",
+                  "AUC = P[signal of a reliable client > signal of a client of that kind]; 0.5 = the signal cannot "
+                  "see the kind. Per-client means over the rounds, pooled over seeds and methods of the cell.", "",
+                  "| level | kind | signal | AUC | n reliable | n unreliable |", "|---|---|---|---:|---:|---:|"]
+        for _, r in aucs.iterrows():
+            lines.append(f"| {r['level']} | {r['kind']} | {r['signal']} | {_fmt(r['auc'])} | {r['n_reliable']} | "
+                         f"{r['n_unreliable']} |")
+        lines.append("")
+    walls = units.drop_duplicates("run")["wall_s"]
+    lines += [f"Runs: {units['run'].nunique()}, run wall time {walls.sum() / 60:.1f} min in all.", ""]
+    return "\n".join(lines)
+
+
+def reliability_aucs(units: pd.DataFrame, run_dirs: dict[str, Path]) -> pd.DataFrame:
+    """AUC per kind of the unreliable factor's cells, over per-client means of each run, pooled per level."""
+    from pftray.config import config_from_dict
+    from pftray.evaluation.ground_truth import unreliable_clients
+    from pftray.evaluation.reliability import auc_by_kind, signal_table
+    from pftray.results import load_run
+
+    out = []
+    cells_ = units[(units["factor"] == "unreliable") & (units["method"] != "backbone")]
+    for level, g in cells_.groupby("level", sort=False):
+        tables = []
+        for run in dict.fromkeys(g["run"]):
+            res = load_run(run_dirs[run])
+            cfg = config_from_dict(res["config"])
+            labels = unreliable_clients(cfg)
+            if not labels:
+                continue
+            t = signal_table(res["clients"], labels, alpha=cfg.fed.isfa_alpha)
+            per = t.groupby("client_id", as_index=False).agg(score=("score", "mean"), id_sim=("id_sim", "mean"),
+                                                             temp_stab=("temp_stab", "mean"), kind=("kind", "first"))
+            tables.append(per.assign(client_id=per["client_id"].astype(str) + f"@{run}"))
+        if tables:
+            out.append(auc_by_kind(pd.concat(tables, ignore_index=True), unit="client").assign(level=level))
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
+
+
+def plots(units: pd.DataFrame, run_dirs: dict[str, Path], out: Path, metric: str = "shift_psnr") -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pftray.results import load_run
+
+    paths = []
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    default = units[(units["factor"] == "unreliable") & (units["level"] == units["level"].min())]
+    for method in dict.fromkeys(default["method"]):
+        if method == "backbone":
+            continue
+        series = []
+        for run in dict.fromkeys(default[default["method"] == method]["run"]):
+            ev = load_run(run_dirs[run])["eval"]
+            ev = ev[ev["model"] == "personalised"]
+            if metric in ev:
+                series.append(ev.groupby("server_round")[metric].mean())
+        if series:
+            s = pd.concat(series, axis=1).mean(axis=1)
+            ax.plot(s.index, s.to_numpy(), marker="o", label=method)
+    ax.set_xlabel("round")
+    ax.set_ylabel(f"{metric} (personalised, mean over clients and seeds)")
+    ax.set_title("Quality against rounds (default cell)")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(out / "rounds.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    dp = units[units["factor"] == "dp"]
+    if not dp.empty:
+        fig, ax = plt.subplots(figsize=(6.4, 4))
+        for method, g in dp.groupby("method"):
+            pts = g.groupby("level").agg(eps=("epsilon", "max"), y=(metric, "mean")).reset_index()
+            pts["eps"] = pts["eps"].where(np.isfinite(pts["eps"]), np.nan)
+            ax.plot(pts["eps"].fillna(pts["eps"].max() * 1.5 if pts["eps"].notna().any() else 16), pts["y"],
+                    marker="o", linestyle="", label=method)
+        ax.set_xlabel("accountant's client-level ε (no-DP cells drawn right of the largest ε)")
+        ax.set_ylabel(metric)
+        ax.set_title("Utility against ε (DP cohort)")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        paths.append(out / "utility_vs_epsilon.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths
+
+
+def run_grid(grid: Grid, *, config: Path, work: Path, out: Path, factors: tuple[str, ...], command: str = "",
+             progress=print) -> dict[str, Any]:
+    work.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [c for c in cells(grid) if c.factor in factors]
+    backbone = cohort_backbone(grid, config, work) if any(c.factor == "dp" for c in todo) else None
+    frames, run_dirs, done = [], {}, {}
+    t0 = time.perf_counter()
+    for i, cell in enumerate(todo, 1):
+        if cell.run_name not in done:
+            done[cell.run_name] = run_cell(cell, config, work, backbone=backbone if cell.factor == "dp" else None)
+            progress(f"[{i}/{len(todo)}] {cell.factor}={cell.level} {cell.method} seed {cell.seed}: "
+                     f"{done[cell.run_name]} ({time.perf_counter() - t0:.0f} s so far)")
+        run_dirs[cell.run_name] = done[cell.run_name]
+        frames.append(unit_rows(cell, done[cell.run_name]))
+    units = pd.concat(frames, ignore_index=True)
+    units.to_parquet(out / "units.parquet", index=False)
+    aucs = reliability_aucs(units, run_dirs)
+    if not aucs.empty:
+        aucs.to_parquet(out / "reliability_auc.parquet", index=False)
+    (out / "summary.md").write_text(markdown(units, aucs, command=command))
+    figs = plots(units, run_dirs, out)
+    return {"units": units, "aucs": aucs, "summary": out / "summary.md", "plots": figs,
+            "wall_s": time.perf_counter() - t0}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench federation", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", default=str(REPO / "configs" / "quickstart.yaml"))
+    ap.add_argument("--work", default=str(REPO / "runs" / "bench-federation"))
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "federation"))
+    ap.add_argument("--quick", action="store_true", help="the small grid (first answer; not the full benchmark)")
+    ap.add_argument("--severity", type=float, default=1.0, help="data.shift_severity of every cell")
+    ap.add_argument("--seeds", type=int, default=None, help="seeds per cell (default 3; --quick 2)")
+    ap.add_argument("--factors", nargs="+", default=["unreliable", "tdc", "dp"], choices=["unreliable", "tdc", "dp"])
+    ap.add_argument("--cohort-clients", type=int, default=100)
+    ap.add_argument("--cohort-rate", type=float, default=0.2)
+    args = ap.parse_args(argv)
+    if args.cohort_clients < 100 or args.cohort_clients * args.cohort_rate < 20:
+        print("python -m bench federation: the DP cohort needs >= 100 clients and >= 20 expected per round "
+              f"(got {args.cohort_clients} x {args.cohort_rate})", file=sys.stderr)
+        return 2
+    grid = default_grid(quick=args.quick, severity=args.severity, seeds=args.seeds,
+                        cohort_clients=args.cohort_clients, cohort_rate=args.cohort_rate)
+    command = "python -m bench federation " + " ".join(argv if argv is not None else sys.argv[1:])
+    res = run_grid(grid, config=Path(args.config), work=Path(args.work), out=Path(args.out),
+                   factors=tuple(args.factors), command=command.strip())
+    print(res["summary"].read_text())
+    print(f"wrote {res['summary']}, {Path(args.out) / 'units.parquet'}, " + ", ".join(map(str, res["plots"])))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
