@@ -84,9 +84,8 @@ def direction_note(metrics) -> str:
 
     lower = [m for m in metrics if metric_better(m) == "lower"]
     near = [m for m in metrics if metric_better(m) == "near 1"]
-    parts = ["higher is better"] + ([f"except lower is better for {', '.join(lower)}"] if lower else [])
-    parts += [f"{', '.join(near)} is best at 1"] if near else []
-    return "metric directions: " + "; ".join(parts)
+    out = "metric directions: higher is better" + (f", except lower is better for {', '.join(lower)}" if lower else "")
+    return out + (f"; {', '.join(near)} is best at 1" if near else "")
 
 
 def _numeric(df: pd.DataFrame, col: str) -> pd.Series:

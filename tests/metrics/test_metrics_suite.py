@@ -174,7 +174,9 @@ def test_score_samples_writes_face_columns_when_the_suite_has_them(offline_home,
 
     monkeypatch.setattr(faces, "available", lambda: "dlib is not installed (pip install dlib-bin): simulated")
     pred, target = _clip(t=3, size=32)
-    clip = SimpleNamespace(clip_id="c0", mouth_box=np.tile([18, 28, 8, 24], (3, 1)), mouth=np.array([0.1, 0.5, 0.2]))
+    clip = SimpleNamespace(
+        clip_id="c0", mouth_box=np.tile([18, 28, 8, 24], (3, 1)), mouth=np.array([0.1, 0.5, 0.2]), extras={}
+    )
     sample = SimpleNamespace(client_id=0, clip=clip, gt01=target, outputs={"personalised": pred, "copy": target})
     on = run_eval.score_samples([sample], MetricSuite(face_metrics=True), server_round=1)
     off = run_eval.score_samples([sample], MetricSuite(), server_round=1)
@@ -237,7 +239,9 @@ def test_face_metric_switch_and_directions():
     assert "| lmd_mouth | isfa | fedavg | 3 | -0.02333 | isfa |" in md
     # report and run summary
     assert metric_title("lmd_face") == "lmd_face (lower is better)" and metric_title("csim") == "csim"
-    assert "lower is better for lmd_face, lmd_mouth" in direction_note(["csim", "lmd_face", "lmd_mouth"])
+    assert direction_note(["csim", "lmd_face", "lmd_mouth", "flicker_ratio"]) == (
+        "metric directions: higher is better, except lower is better for lmd_face, lmd_mouth; flicker_ratio is best at 1"
+    )
     from pftray.summary import SUMMARY_METRICS, direction_line
 
     assert set(FACE_METRIC_NAMES) <= set(SUMMARY_METRICS)
