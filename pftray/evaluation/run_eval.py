@@ -375,7 +375,7 @@ def cmd_eval(args) -> int:
 
 def format_summary(summary: dict[str, Any]) -> str:
     """A few human lines: per-model means of the headline metrics, missing metrics and where files went."""
-    head = ("psnr", "ssim", "mouth_psnr", "lpips", "lip_sync", "jitter", "id_sim_synth")
+    head = ("psnr", "ssim", "mouth_psnr", "lpips", "lip_sync", "jitter", "id_sim_synth", "csim", "lmd_mouth")
     lines = [f"eval of round {summary['server_round']}: {summary['rows']} rows -> {summary['table']}"]
     for model, means in summary["means"].items():
         vals = " ".join(
