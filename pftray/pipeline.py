@@ -146,10 +146,14 @@ def load_audio(path: str | os.PathLike[str]) -> tuple[np.ndarray, float]:
     chunks: list[np.ndarray] = []
     rate = None
     total = 0
+    declared = None  # the stream's duration in seconds, when the container states it
     try:
         with av.open(str(p)) as box:
             if not box.streams.audio:
                 raise InputError(f"--audio {p}: the file has no audio stream")
+            st = box.streams.audio[0]
+            if st.duration and st.time_base:
+                declared = float(st.duration * st.time_base)
             for frame in box.decode(audio=0):
                 if rate is None:
                     rate = int(frame.sample_rate)
@@ -166,7 +170,11 @@ def load_audio(path: str | os.PathLike[str]) -> tuple[np.ndarray, float]:
     if not chunks or rate is None or total == 0:
         raise InputError(f"--audio {p}: the audio stream holds no decodable samples")
     wave = np.concatenate(chunks)
-    return resample_to_16k(wave, rate), total / rate
+    # AAC and other frame-based codecs decode to whole frames: the encoder's tail padding (up to one codec frame,
+    # 23 ms for AAC at 44.1 kHz) follows the last real sample; the container's duration says where that is
+    if declared is not None and 0 < int(round(declared * rate)) < wave.size:
+        wave = wave[: int(round(declared * rate))]
+    return resample_to_16k(wave, rate), wave.size / rate
 
 
 def fit_audio(wave: np.ndarray, num_frames: int) -> np.ndarray:
@@ -539,7 +547,7 @@ class TalkingHeadPipeline:
         feats = audio_features(wave, num_frames=t_len, n_mels=d.n_mels, audio_window=d.audio_window,
                                clip_frames=d.frames_per_clip)
         dev = self.device
-        ref_t = torch.from_numpy(np.ascontiguousarray(ref)).permute(2, 0, 1).float().div(127.5).sub(1).to(dev)
+        ref_t = torch.from_numpy(np.array(ref, dtype=np.uint8)).permute(2, 0, 1).float().div(127.5).sub(1).to(dev)
         pose = np.ascontiguousarray(pose, dtype=np.float32)
         frames = np.empty((t_len, r, r, 3), np.uint8)
         with torch.no_grad():
