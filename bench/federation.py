@@ -65,14 +65,24 @@ class Cell:
     seed: int
     overrides: tuple[tuple[str, Any], ...]
 
-    def config_key(self) -> str:
-        """Runs with the same resolved settings are the same run, whichever factor asks for them."""
-        blob = json.dumps(sorted(self.overrides) + [("fed.strategy", self.method), ("seed", self.seed)], default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:10]
+    def settings(self, backbone: Path | None = None) -> list[str]:
+        """``--set`` items of the cell's run."""
+        sets = [f"{k}={json.dumps(v)}" for k, v in self.overrides]
+        sets += [f"fed.strategy={self.method}", f"experiment.seed={self.seed}"]
+        if backbone is not None:
+            sets.append(f"model.backbone={json.dumps(str(backbone))}")
+        return sets
 
-    @property
-    def run_name(self) -> str:
-        return f"{self.method}-s{self.seed}-{self.config_key()}"
+    def run_name(self, config: Path, backbone: Path | None = None) -> str:
+        """``<method>-s<seed>-<hash of the resolved config>``: cells with the same settings (the default cell of
+        two factors, or a factor level equal to the default) are one run."""
+        from pftray.config import load_config
+
+        resolved = load_config(config, self.settings(backbone), check_paths=False).to_dict()
+        resolved["experiment"].pop("name", None)
+        resolved["model"]["backbone"] = Path(str(resolved["model"]["backbone"] or "")).name
+        key = hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:10]
+        return f"{self.method}-s{self.seed}-{key}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,31 +169,27 @@ def cohort_backbone(grid: Grid, config: Path, work: Path) -> Path:
     return out
 
 
-def run_cell(cell: Cell, config: Path, work: Path, *, backbone: Path | None) -> Path:
-    """Run (or resume, or keep) the cell's run directory; returns it."""
+def run_cell(cell: Cell, config: Path, work: Path, *, backbone: Path | None, name: str) -> Path:
+    """Run (or resume, or keep) the cell's run directory ``work/runs/<name>``; returns it."""
     from pftray.config import load_config
     from pftray.results import RunDir
     from pftray.runtime.driver import FINISHED_STATUSES, run_federated
 
-    path = work / "runs" / cell.run_name
-    sets = [f"{k}={json.dumps(v)}" for k, v in cell.overrides]
-    sets += [f"fed.strategy={cell.method}", f"experiment.seed={cell.seed}", f"experiment.name={cell.run_name}"]
-    if backbone is not None:
-        sets.append(f"model.backbone={json.dumps(str(backbone))}")
+    path = work / "runs" / name
     meta = path / "meta.json"
     if meta.exists() and json.loads(meta.read_text()).get("status") in FINISHED_STATUSES:
         return path
-    cfg = load_config(config, sets)
     t0 = time.perf_counter()
     if (path / "config.yaml").exists():
         run_federated(resume=str(path), use_ray=False)
     else:
+        cfg = load_config(config, [*cell.settings(backbone), f"experiment.name={name}"])
         run_federated(cfg, out=str(path), use_ray=False)
     RunDir(path).update_meta(bench_wall_s=time.perf_counter() - t0)
     return path
 
 
-def unit_rows(cell: Cell, run_dir: Path) -> pd.DataFrame:
+def unit_rows(cell: Cell, run_dir: Path, name: str) -> pd.DataFrame:
     """Per-client means over clips of the run's final evaluation: the trained method's ``personalised`` rows
     (and, from a FedAvg run, the ``backbone`` rows as method ``backbone``), with the ground-truth label."""
     from pftray.evaluation.ground_truth import unreliable_clients
@@ -207,7 +213,7 @@ def unit_rows(cell: Cell, run_dir: Path) -> pd.DataFrame:
     meta = res["meta"]
     rounds = res["rounds"]
     eps = float(rounds["epsilon"].iloc[-1]) if len(rounds) and "epsilon" in rounds else math.nan
-    return df.assign(factor=cell.factor, level=cell.level, seed=cell.seed, run=cell.run_name,
+    return df.assign(factor=cell.factor, level=cell.level, seed=cell.seed, run=name,
                      unreliable=[labels.get(int(c), "") for c in df["client_id"]], epsilon=eps,
                      wall_s=float(meta.get("bench_wall_s", meta.get("wall_s", math.nan)) or math.nan))
 
@@ -397,12 +403,14 @@ def run_grid(grid: Grid, *, config: Path, work: Path, out: Path, factors: tuple[
     frames, run_dirs, done = [], {}, {}
     t0 = time.perf_counter()
     for i, cell in enumerate(todo, 1):
-        if cell.run_name not in done:
-            done[cell.run_name] = run_cell(cell, config, work, backbone=backbone if cell.factor == "dp" else None)
+        bb = backbone if cell.factor == "dp" else None
+        name = cell.run_name(config, bb)
+        if name not in done:
+            done[name] = run_cell(cell, config, work, backbone=bb, name=name)
             progress(f"[{i}/{len(todo)}] {cell.factor}={cell.level} {cell.method} seed {cell.seed}: "
-                     f"{done[cell.run_name]} ({time.perf_counter() - t0:.0f} s so far)")
-        run_dirs[cell.run_name] = done[cell.run_name]
-        frames.append(unit_rows(cell, done[cell.run_name]))
+                     f"{done[name]} ({time.perf_counter() - t0:.0f} s so far)")
+        run_dirs[name] = done[name]
+        frames.append(unit_rows(cell, done[name], name))
     units = pd.concat(frames, ignore_index=True)
     units.to_parquet(out / "units.parquet", index=False)
     aucs = reliability_aucs(units, run_dirs)
