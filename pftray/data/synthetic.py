@@ -35,7 +35,7 @@ pre-trained on the public clips already fits the clients and federated adapters 
   the audio (how far the mouth opens) and the mouth position. The region is small (a few pixels at 64 px), so
   measure it with ``extras["shift_box"]`` or the mouth box, not the whole frame. (A backbone's autoencoder
   trained on the public clips may not be able to decode teeth at all: ``bench/shift_gap.py`` measures it.)
-* **shared shift, dynamics — the mouth anticipates the sound.** Client mouths move ``1.5 s`` frames
+* **shared shift, dynamics — the mouth anticipates the sound.** Client mouths move ``1.5 * s`` frames
   (60 ms at ``s = 1``) ahead of the audio (co-articulation): the openness is computed from the envelope
   advanced by that many samples (the last envelope value continues past the clip end), while the public
   mouths are synchronous. The audio features' window (+-80 ms at the default 16 mel frames) covers the lead,
@@ -44,7 +44,9 @@ pre-trained on the public clips already fits the clients and federated adapters 
 * **per-client traits — mouth gain and teeth colour.** The mouth opens by a client-specific gain,
   ``mouth = clip(g * lead(mouth_base), 0, 1)`` with ``ln g = 0.45 s z``, ``z ~ U(-1, 1)`` per client (``g``
   in [0.64, 1.57] at ``s = 1``), and the teeth colour is
-  ``(1 - 0.5 s) * base + 0.5 s * c`` with ``c ~ U(0.35, 1)^3`` per client. Neither is visible in the
+  ``(1 - 0.5 s) * base + 0.5 s * c`` with ``c ~ U(0.35, 1)^3`` per client, darkened where needed so that its
+  luma is at most the skin's (teeth in the mouth's shade; brighter teeth would lift the reference level of
+  :func:`estimate_mouth_openness`, which then misreads open mouths). Neither is visible in the
   reference frame (mouth closed) nor predictable from the audio alone: only the client's own clips reveal
   them, which is the *identity* adapter's work. ``z`` and ``c`` are drawn from a stream of their own
   (``[0x5A1F7, seed, client]``) independently of ``s``, so one client keeps the same traits at every
@@ -54,20 +56,24 @@ pre-trained on the public clips already fits the clients and federated adapters 
 every shifted clip (train and held-out; absent, ``extras == {}``, at ``s = 0`` and on public clips):
 
 * ``"mouth_base"`` float32 ``[T]``: audio-synchronous openness, no lead, no gain (today's ``mouth``);
-* ``"mouth_lead"`` float32 ``[T]``: the shared lead in video frames (``1.5 s``, constant);
+* ``"mouth_lead"`` float32 ``[T]``: the shared lead in video frames (``1.5 * s``, constant);
 * ``"mouth_gain"`` float32 ``[T]``: the client's gain ``g`` (constant within a client);
 * ``"teeth_rgb"`` float32 ``[T, 3]``: the client's teeth colour in [0, 1] (constant within a client);
 * ``"shift_box"`` int32 ``[T, 4]``: ``y0, y1, x0, x1`` (half-open) bounding box of the pixels the teeth
   cover in that frame, ``[0, 0, 0, 0]`` when none (mouth closed) — a region for a shift-region PSNR;
 * ``"shift_area"`` float32 ``[T]``: the teeth's geometric coverage in output pixels (before opacity).
 
-Boxes and scalars rather than masks keep shards small (~36 bytes a frame). With ``s = 0`` nothing is drawn
-and no random number is consumed: clips are bit-for-bit those of the i.i.d. scenario.
+Boxes and scalars rather than masks keep shards small (44 bytes a frame). With ``s = 0`` nothing is drawn
+and no random number is consumed: clips are bit-for-bit those of the i.i.d. scenario. The teeth are not dark, so
+:func:`estimate_mouth_openness` (a dark-pixel count) reads a shifted open mouth ~1/3 less open; its correlation
+with ``Clip.mouth`` at ``s = 1`` stays >= 0.95 at 64 px (0.65-0.94 at 32 px, where the interior is a few pixels,
+against 0.94-0.98 without the shift).
 
-Unreliable clients (:func:`corrupt_clip`, ``data.unreliable_kinds``): ``offset``, ``noise`` and ``frozen``
-degrade the data mildly; ``heavy_offset`` (audio half a clip away), ``swapped_audio`` (another speaker's
-utterance) and ``wrong_identity`` (frames of another face under the client's own reference) break the very
-conditioning a talking-head model learns from, so their updates pull the shared adapter away.
+Unreliable clients (:func:`corrupt_clip`, ``data.unreliable_kinds``): besides the original ``offset``, ``noise``
+and ``frozen``, ``heavy_offset`` (audio half a clip away), ``swapped_audio`` (another speaker's utterance:
+the audio carries no information about the mouth) and ``wrong_identity`` (frames of another face under the
+client's own reference) break the very conditioning a talking-head model learns from. ``ClientData.unreliable``
+holds each unreliable client's kind.
 """
 
 from __future__ import annotations
@@ -111,6 +117,7 @@ _TEETH_EDGE = 0.25  # teeth reach down to this fraction of the interior half-hei
 _GAIN_LOG_SPAN = 0.45  # ln(mouth gain) lies in [-0.45 s, 0.45 s]
 _TEETH_MIX = 0.5  # per-client teeth colour: (1 - 0.5 s) * base + 0.5 s * c
 _LEAD_FRAMES = 1.5  # shared lead of the mouth over the audio at severity 1, video frames
+_TEETH_MAX_LUMA = 1.0  # teeth luma <= skin luma
 
 
 @dataclass(frozen=True)
@@ -212,11 +219,14 @@ class ClientShift:
     mouth_lead: float = 0.0
 
 
-def sample_shift(seed: int, index: int, severity: float) -> ClientShift | None:
+def sample_shift(
+    seed: int, index: int, severity: float, *, identity: IdentityParams | None = None
+) -> ClientShift | None:
     """The shift of client ``index`` at ``severity`` in [0, 1]; ``None`` (and no random draw) at 0.
 
     The client's traits (``z``, ``c`` of the module docstring) come from their own stream
-    ``[0x5A1F7, seed, index]`` and do not depend on ``severity``, which only scales them.
+    ``[0x5A1F7, seed, index]`` and do not depend on ``severity``, which only scales them. ``identity`` (default:
+    client ``index`` of :func:`sample_identity`) sets the skin that caps the teeth's brightness.
     """
     severity = float(severity)
     if not 0.0 <= severity <= 1.0:
@@ -229,6 +239,8 @@ def sample_shift(seed: int, index: int, severity: float) -> ClientShift | None:
     z = rng.uniform(-1.0, 1.0)
     tint = rng.uniform(0.35, 1.0, 3)
     teeth = (1.0 - _TEETH_MIX * severity) * np.asarray(_TEETH) + _TEETH_MIX * severity * tint
+    skin = (identity if identity is not None else sample_identity(seed, index, stream="client")).skin
+    teeth = teeth * min(1.0, _TEETH_MAX_LUMA * _luma(skin) / _luma(teeth))
     return ClientShift(
         severity=severity,
         teeth_alpha=severity,
