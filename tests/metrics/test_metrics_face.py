@@ -94,20 +94,20 @@ def test_csim_same_face_high_other_face_lower():
     noisy = (moved + 0.03 * torch.randn(moved.shape, generator=gen)).clamp(0, 1)
     emb = fm.DlibFaceEmbedder()
     assert isinstance(emb, IdentityEmbedder)
-    e = emb.embed(gt)
-    assert e.shape == (3, 128) and e.dtype == torch.float32
+    e = emb.embed(gt[:2])
+    assert e.shape == (2, 128) and e.dtype == torch.float32
     assert 1.2 < float(e.norm(dim=1).mean()) < 1.7  # dlib's descriptors are not unit vectors
     same = fm.csim(noisy, gt)
     assert same > 0.97
-    assert fm.csim(gt, gt) == pytest.approx(1.0, abs=1e-9)
+    assert fm.csim(gt[:1], gt[:1]) == pytest.approx(1.0, abs=1e-9)
     small = 64  # generator-sized crops are upsampled before landmarking and embedding
-    same_small = fm.csim(_resize(noisy, small), _resize(gt, small))
+    same_small = fm.csim(_resize(noisy, small), _resize(gt, small), max_frames=2)
     assert same_small > 0.95
 
     other = _other_person(3, gt.shape[-1])
     diff = fm.csim(other, gt)
     assert diff < 0.92 and diff < same - 0.06  # measured 0.87 vs 0.998
-    assert fm.csim(_resize(other, small), _resize(gt, small)) < same_small - 0.06
+    assert fm.csim(_resize(other, small), _resize(gt, small), max_frames=2) < same_small - 0.06
 
 
 # -------------------------------------------------------------------------------------------------- lmd
