@@ -64,6 +64,9 @@ POSE_CROP_SIDE = 192
 POSE_VIDEO_SIDE = 480
 #: longest audio accepted (one hour): beyond it the frames alone would not fit in memory at common resolutions
 MAX_SECONDS = 3600.0
+#: decoded audio beyond the container's stated duration that counts as codec padding (one AAC frame at 8 kHz is
+#: 0.128 s) and is cut; a larger excess means the stated duration is wrong, and the decoded samples are kept
+MAX_TAIL_PADDING_S = 0.25
 
 
 @dataclass
@@ -135,8 +138,10 @@ def resample_to_16k(wave: np.ndarray, sample_rate: int) -> np.ndarray:
 def load_audio(path: str | os.PathLike[str]) -> tuple[np.ndarray, float]:
     """Decode the first audio stream of any file PyAV reads -> ``(float32 mono 16 kHz waveform, duration_s)``.
 
-    ``duration_s`` is that of the decoded samples at the file's own rate. Raises :class:`InputError` for a
-    missing file, a file PyAV cannot read, or one without an audio stream or decodable audio.
+    ``duration_s`` is that of the decoded samples at the file's own rate, cut to the stream's duration as the
+    container states it when the decoder returns up to :data:`MAX_TAIL_PADDING_S` more (frame-based codecs such as
+    AAC decode whole frames: the encoder's padding of the last one follows the real end). Raises
+    :class:`InputError` for a missing file, a file PyAV cannot read, or one without an audio stream or samples.
     """
     import av
 
@@ -170,10 +175,10 @@ def load_audio(path: str | os.PathLike[str]) -> tuple[np.ndarray, float]:
     if not chunks or rate is None or total == 0:
         raise InputError(f"--audio {p}: the audio stream holds no decodable samples")
     wave = np.concatenate(chunks)
-    # AAC and other frame-based codecs decode to whole frames: the encoder's tail padding (up to one codec frame,
-    # 23 ms for AAC at 44.1 kHz) follows the last real sample; the container's duration says where that is
-    if declared is not None and 0 < int(round(declared * rate)) < wave.size:
-        wave = wave[: int(round(declared * rate))]
+    if declared is not None:
+        n = int(round(declared * rate))
+        if 0 < n < wave.size <= n + MAX_TAIL_PADDING_S * rate:
+            wave = wave[:n]
     return resample_to_16k(wave, rate), wave.size / rate
 
 

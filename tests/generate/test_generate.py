@@ -232,8 +232,8 @@ def test_pose_from_a_driving_video_follows_the_head(tmp_path):
 # ------------------------------------------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize("case", ["missing_audio", "no_audio_stream", "no_face", "unknown_client", "missing_run",
-                                  "no_identity_source"])
+@pytest.mark.parametrize("case", ["missing_audio", "no_audio_stream", "not_media", "no_face", "unknown_client",
+                                  "missing_run", "no_identity_source"])
 def test_bad_input_is_one_line_exit_2_and_no_file(case, gen_run, media, tmp_path, capsys):
     from pftray.cli import main
 
@@ -243,13 +243,17 @@ def test_bad_input_is_one_line_exit_2_and_no_file(case, gen_run, media, tmp_path
     out_dir.mkdir()
     out = out_dir / "x.mp4"
     run, who, audio = str(gen_run), ["--client", "1"], str(media["wav"])
-    expect = {"missing_audio": "no such file", "no_audio_stream": "no audio stream", "no_face": "no face",
+    expect = {"missing_audio": "no such file", "no_audio_stream": "no audio stream", "not_media": "cannot decode",
+              "no_face": "no face",
               "unknown_client": "not a client of the run", "missing_run": "not a pftray run directory",
               "no_identity_source": "one of the arguments --client --reference is required"}[case]
     if case == "missing_audio":
         audio = str(tmp_path / "nope.wav")
     elif case == "no_audio_stream":
         audio = str(media["silent_video"])
+    elif case == "not_media":
+        audio = str(tmp_path / "notes.wav")
+        Path(audio).write_text("not a sound file\n")
     elif case == "no_face":
         who = ["--reference", str(media["grey"])]
     elif case == "unknown_client":
