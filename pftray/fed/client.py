@@ -98,6 +98,17 @@ class ClientUpdate:
                                               "message", "sample_epsilon")}
 
 
+def identity_signal(cfg: Config) -> str:
+    """Which embedder ISFA's on-device ``id_sim`` uses: ``"dlib"`` (dlib's 128-D face descriptor, as the ``csim``
+    metric) for real faces (a ``data.source`` made by ``pftray data prepare``) when dlib and its weights are
+    installed, else ``"backbone"`` (the backbone's identity-token encoder over VAE latents; the synthetic faces
+    always use it, dlib's descriptors of cartoon faces mean nothing). Same formula and range either way."""
+    from pftray import faces
+    from pftray.metrics.suite import face_metrics_for_source
+
+    return "dlib" if face_metrics_for_source(cfg.data.source) and faces.available() is None else "backbone"
+
+
 def optimizer_step(loss: torch.Tensor, optimizers: list[torch.optim.Optimizer], params: list[torch.Tensor], *,
                    scaler: torch.amp.GradScaler, grad_clip: float) -> bool:
     """Backward, gradient clip and step of every optimiser through ``scaler`` (fp16 on CUDA; a disabled
@@ -128,6 +139,7 @@ class ClientTrainer:
         self.device = torch.device(device)
         self.model = model if model is not None else build_model(cfg, device=self.device)
         self.template = get_adapter_state(self.model.unet, "shared")
+        self.identity_signal = identity_signal(cfg)
 
     # ------------------------------------------------------------------------------------------- helpers
     def _autocast(self):
@@ -394,6 +406,17 @@ class ClientTrainer:
             jitter = float(((p[:, 1:] - p[:, :-1]) - (y[:, 1:] - y[:, :-1])).abs().mean())
         else:
             jitter = 0.0
+        temp_stab = 1.0 / (1.0 + jitter)
+        if self.identity_signal == "dlib":  # real faces: dlib's face descriptor, the embedder of the csim metric
+            from pftray.errors import RuntimeFailure
+            from pftray.metrics.base import is_missing
+            from pftray.metrics.face import isfa_identity_consistency
+
+            v = isfa_identity_consistency(img_pred.clamp(0, 1).float().cpu(), ((refs[:1] + 1) / 2).clamp(0, 1).float().cpu(),
+                                          max_frames=8)
+            if is_missing(v):  # decided once per run (identity_signal): never a silent mix of two scales
+                raise RuntimeFailure(f"ISFA identity scalar (dlib): {v.reason}")
+            return float(v), temp_stab
         phi = self.model.identity_embedding
         cos = F.cosine_similarity(phi(frames_pred), phi(refs), dim=1).mean()
-        return float((1 + cos) / 2), 1.0 / (1.0 + jitter)
+        return float((1 + cos) / 2), temp_stab
