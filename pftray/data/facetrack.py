@@ -11,7 +11,7 @@ The pipeline, each step a plain function over arrays:
    Rauch-Tung-Striebel smoother (in units of the median face size, so the noise levels are scale-free).
    Outliers are rejected twice: against a running median of the detections (centre off by more than
    :data:`OUTLIER_CENTRE` face sizes or side off by more than a factor ``exp(OUTLIER_LOG_SIDE)``) and by a
-   6-sigma innovation gate in the filter. Missing frames are bridged by the smoother (linear motion) and frames
+   10-sigma innovation gate in the filter. Missing frames are bridged by the smoother (linear motion) and frames
    before the first or after the last detection hold the nearest tracked box.
 3. :func:`crop_boxes` -- a square crop of ``margin`` (:data:`CROP_MARGIN`) times the face box side around its
    centre, no larger than the frame's shorter side; :func:`crop_frame` cuts it out (edge pixels repeat where
@@ -40,7 +40,7 @@ OUTLIER_LOG_SIDE = 0.3  # |log(side / median side)| a detection may have
 MEDIAN_WINDOW = 9  # frames in the running median used for outlier rejection
 MEASUREMENT_STD = (0.015, 0.015, 0.018)  # landmark-refined detector noise: centre x, y (face sizes), log side
 ACCELERATION_STD = (0.01, 0.01, 0.01)  # process noise per frame^2 at 25 fps (face sizes, log side)
-GATE_SIGMA = 6.0
+GATE_SIGMA = 10.0  # loose: the running median already removed the outliers; this catches the rest, not fast heads
 REACQUIRE = 3  # consecutive gated detections after which the filter accepts the next one
 
 METHOD_NAMES = ("none", "hog", "hog-upsampled", "cnn")

@@ -372,6 +372,9 @@ def prepare_dataset(
     try:
         for spk in speakers:
             spk_files = [f for s, f in files if s == spk]
+            if not spk_files:
+                report.skipped.append(SkippedFile(spk.name, "no .mp4 files"))
+                continue
             clips: list[Clip] = []
             candidates: list[tuple[np.ndarray, float]] = []  # (frame, neutrality score: lower is more neutral)
             used_files = 0

@@ -106,6 +106,8 @@ def source(tmp_path_factory, photo) -> Path:
     write_mp4(root / "bob" / "b3_noface.mp4", noface)
     (root / "bob" / "b4_garbage.mp4").write_bytes(np.random.default_rng(0).bytes(5000))
     write_mp4(root / "bob" / "b5_short.mp4", square[:10])
+    (root / "notes").mkdir()
+    (root / "notes" / "readme.txt").write_text("not a video")
     return root
 
 
@@ -171,7 +173,9 @@ def test_good_files_become_shards_of_face_centred_crops(prepared):
 def test_bad_files_are_named_and_skipped(prepared):
     report, _, _ = prepared
     reasons = {s.path: s.reason for s in report.skipped}
-    assert set(reasons) == {"bob/b2_silent.mp4", "bob/b3_noface.mp4", "bob/b4_garbage.mp4", "bob/b5_short.mp4"}
+    assert set(reasons) == {"bob/b2_silent.mp4", "bob/b3_noface.mp4", "bob/b4_garbage.mp4", "bob/b5_short.mp4",
+                            "notes"}
+    assert reasons["notes"] == "no .mp4 files"
     assert "no audio stream" in reasons["bob/b2_silent.mp4"]
     assert "no face detected" in reasons["bob/b3_noface.mp4"]
     assert "cannot decode" in reasons["bob/b4_garbage.mp4"]
