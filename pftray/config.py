@@ -66,6 +66,11 @@ class DataConfig:
     audio_window: int = _f(16, "mel frames (10 ms each) in the audio window around a video frame", range=(2, 256))
     public_identities: int = _f(32, "disjoint identities for backbone pre-training", range=(1, 100_000))
     public_clips_per_identity: int = _f(4, "clips per public identity", range=(1, 10_000))
+    public_source: str = _f("", "folder made by `pftray data prepare` whose speakers are the public identities of "
+                            "`pftray pretrain` ('' = the embedded synthetic ones above; public_identities and "
+                            "public_clips_per_identity then do not apply): one identity per shard, its reference "
+                            "frame the shard's, its train and held-out clips all pre-train; its resolution must be "
+                            "data.resolution and its speakers disjoint from data.source's")
 
 
 @dataclass(frozen=True)
@@ -357,6 +362,9 @@ def _cross_checks(obj: Any, path: str) -> None:
         if obj.unreliable_fraction > 0 and not obj.unreliable_kinds:
             raise ConfigError(f"{p}unreliable_kinds: empty with unreliable_fraction {obj.unreliable_fraction!r}; "
                               f"choose from {list(UNRELIABLE_KINDS)}")
+        if obj.public_source and obj.public_source == obj.source:
+            raise ConfigError(f"{p}public_source: {obj.public_source!r} is also {p}source; the public speakers of "
+                              "pre-training must be disjoint from the federated clients")
         if obj.shift_severity > 0 and obj.source != "synthetic":
             raise ConfigError(f"{p}shift_severity: {obj.shift_severity!r} with source {obj.source!r}; the shifted "
                               "scenario exists only for synthetic data")
@@ -491,7 +499,8 @@ def apply_overrides(cfg: Config | Mapping[str, Any], overrides: Mapping[str, Any
 #: config keys holding input paths, with what each must name. A relative value in a config file is resolved
 #: against the file's folder, then the repository root (:func:`path_roots`); a relative ``--set`` value against the
 #: working directory first. Missing inputs are a :class:`ConfigError` when the config loads.
-INPUT_PATH_KEYS: dict[str, str] = {"model.backbone": "file", "model.pretrained": "folder", "data.source": "folder",
+INPUT_PATH_KEYS: dict[str, str] = {"data.public_source": "folder",  # first: a preset's first step makes it
+                                   "model.backbone": "file", "model.pretrained": "folder", "data.source": "folder",
                                    "eval.id_encoder": "file"}
 #: the checkout this package runs from (only a root when it is one: an installed wheel has no pyproject.toml)
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -1,11 +1,19 @@
 """Public pre-training of the backbone on the disjoint public identities: VAE first, then UNet + condition
 encoder on cached latents. Resumable: a partial checkpoint is written every ``pretrain.checkpoint_every`` steps
 and picked up by the next call with the same output path.
+
+The public identities are the embedded synthetic ones (``data.public_source: ""``, the default) or the speakers
+of a folder made by ``pftray data prepare`` (``data.public_source: DIR``): every shard of it is one public
+identity, the shard's reference frame its reference, and all its clips, train and held-out alike, are
+pre-training clips (:func:`public_data`). Such a folder must be prepared at ``data.resolution`` with the
+model's audio features (``data.n_mels``, ``data.audio_window``) and share no speaker with ``data.source``, the
+federated clients (:func:`check_public_source`).
 """
 
 from __future__ import annotations
 
 import io
+import json
 import math
 import time
 from collections.abc import Callable
@@ -22,10 +30,20 @@ from pftray.results import atomic_write_bytes
 
 
 def public_data(cfg: Config) -> tuple[list, np.ndarray, np.ndarray]:
-    """Public clips, the identity index of each clip, and the reference frame of each identity (uint8)."""
+    """Public clips, the identity index of each clip, and the reference frame of each identity (uint8).
+
+    ``data.public_source`` empty: the embedded synthetic public identities (``data.public_identities`` of
+    ``data.public_clips_per_identity`` clips each). Set: the speakers of that prepared folder, in its manifest's
+    order, each with all of its clips (train, then held-out) and its shard's reference frame."""
+    d = cfg.data
+    if d.public_source:
+        speakers = public_speakers(cfg)
+        clips = [c for s in speakers for c in (*s.train, *s.heldout)]
+        ident = np.repeat(np.arange(len(speakers)), [len(s.train) + len(s.heldout) for s in speakers])
+        refs = np.stack([s.reference for s in speakers])
+        return clips, ident, refs
     from pftray.data.partition import make_public_clips, public_reference
 
-    d = cfg.data
     clips = make_public_clips(num_identities=d.public_identities, clips_per_identity=d.public_clips_per_identity,
                               frames_per_clip=d.frames_per_clip, resolution=d.resolution, n_mels=d.n_mels,
                               audio_window=d.audio_window, seed=cfg.experiment.seed)
@@ -33,6 +51,92 @@ def public_data(cfg: Config) -> tuple[list, np.ndarray, np.ndarray]:
     refs = np.stack([public_reference(i, resolution=d.resolution, seed=cfg.experiment.seed)
                      for i in range(d.public_identities)])
     return clips, ident, refs
+
+
+def _manifest(folder: Path, key: str) -> dict[str, Any]:
+    """The manifest of a folder made by ``pftray data prepare``; a one-line :class:`ConfigError` naming ``key``."""
+    from pftray.config import ConfigError
+    from pftray.data.ingest import MANIFEST_FORMAT
+
+    if not folder.is_dir():
+        raise ConfigError(f"{key}: {str(folder)!r}: no such folder (make it with `pftray data prepare`)")
+    path = folder / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{key}: {str(folder)!r} has no manifest.json; it is not a folder made by "
+                          "`pftray data prepare`") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{key}: {path}: unreadable manifest ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT or not isinstance(
+            manifest.get("clients"), list):
+        raise ConfigError(f"{key}: {path} is not a `pftray data prepare` manifest")
+    return manifest
+
+
+def check_public_source(cfg: Config) -> dict[str, Any]:
+    """Check ``data.public_source`` against the config and ``data.source``; return its manifest.
+
+    Refused, each with a one-line :class:`ConfigError`: a folder that is missing or not prepared, one with no
+    speaker, one prepared at another resolution (or with other audio features) than the model's, and one that is
+    ``data.source`` itself or shares a speaker with it (the public identities of pre-training must be disjoint
+    from the clients of the federated run). ``data.source`` is compared when it is a prepared folder already."""
+    from pftray.config import ConfigError
+
+    d = cfg.data
+    folder = Path(d.public_source)
+    manifest = _manifest(folder, "data.public_source")
+    if not manifest["clients"]:
+        raise ConfigError(f"data.public_source: {d.public_source!r} holds no speaker (every one was skipped when "
+                          "it was prepared; see its manifest.json)")
+    res = manifest.get("resolution")
+    if res != d.resolution:
+        raise ConfigError(f"data.public_source: {d.public_source!r} was prepared at {res} px but data.resolution "
+                          f"is {d.resolution}; prepare it again with `pftray data prepare --resolution "
+                          f"{d.resolution}` or set data.resolution: {res}")
+    for key in ("n_mels", "audio_window"):
+        if key in manifest and manifest[key] != getattr(d, key):
+            raise ConfigError(f"data.public_source: {d.public_source!r} has audio features with {key} "
+                              f"{manifest[key]} but data.{key} is {getattr(d, key)}; they must be equal")
+    frames = manifest.get("frames_per_clip")
+    window = max(cfg.train.window, 2)
+    if isinstance(frames, int) and frames < window:
+        raise ConfigError(f"data.public_source: {d.public_source!r} has clips of {frames} frames, shorter than "
+                          f"the {window}-frame windows of pre-training (train.window)")
+    if d.source != "synthetic":
+        src = Path(d.source)
+        if src.exists() and folder.resolve() == src.resolve():
+            raise ConfigError(f"data.public_source: {d.public_source!r} is also data.source; the public speakers "
+                              "of pre-training must be disjoint from the federated clients")
+        if (src / "manifest.json").is_file():
+            clients = {str(c.get("speaker")) for c in _manifest(src, "data.source")["clients"]}
+            shared = sorted(clients & {str(c.get("speaker")) for c in manifest["clients"]})
+            if shared:
+                raise ConfigError(f"data.public_source: speaker {shared[0]!r} is also a client of data.source "
+                                  f"{d.source!r} ({len(shared)} shared); the public speakers of pre-training must "
+                                  "be disjoint from the federated clients")
+    return manifest
+
+
+def public_speakers(cfg: Config) -> list:
+    """The speakers of ``data.public_source`` (checked by :func:`check_public_source`), one
+    :class:`pftray.data.types.ClientData` each, in the manifest's order."""
+    from pftray.config import ConfigError
+    from pftray.data.ingest import load_prepared_dataset
+
+    check_public_source(cfg)
+    speakers = load_prepared_dataset(Path(cfg.data.public_source))
+    res = cfg.data.resolution
+    for s in speakers:
+        shapes = {c.frames.shape[1:] for c in (*s.train, *s.heldout)} | {s.reference.shape}
+        if shapes != {(res, res, 3)}:
+            raise ConfigError(f"data.public_source: speaker {s.identity!r} has frames of shape "
+                              f"{sorted(shapes)[0]}, not ({res}, {res}, 3) (data.resolution)")
+    lengths = {c.num_frames for s in speakers for c in (*s.train, *s.heldout)}
+    if len(lengths) != 1:
+        raise ConfigError(f"data.public_source: clips of {sorted(lengths)} frames; pre-training needs clips of "
+                          "one length (one `pftray data prepare --frames-per-clip`)")
+    return speakers
 
 
 def _to_t(frames_uint8: np.ndarray) -> torch.Tensor:
@@ -51,9 +155,12 @@ def pretrain(cfg: Config, out: str | Path, *, progress: Callable[[str, int, int,
     out = Path(out)
     partial = out.with_name(out.name + ".partial")
     p = cfg.pretrain
+    if cfg.data.public_source:
+        check_public_source(cfg)  # before anything is built: a bad folder is a one-line error at once
     torch.manual_seed(cfg.experiment.seed)
     model = TalkingHeadModel(cfg.model, cfg.data).to(device)
     clips, ident, refs = public_data(cfg)
+    names = [clips[int(np.flatnonzero(ident == i)[0])].identity for i in range(len(refs))]  # one per identity
     frames = np.concatenate([c.frames for c in clips])  # [N, H, W, 3] uint8
     frame_ident = np.repeat(ident, [c.num_frames for c in clips])  # identity of every frame
     frame_pose = torch.from_numpy(np.concatenate([c.pose for c in clips])).to(device)  # [N, 4]
@@ -61,6 +168,8 @@ def pretrain(cfg: Config, out: str | Path, *, progress: Callable[[str, int, int,
     rng = np.random.default_rng((cfg.experiment.seed, 23))
     state: dict[str, Any] = {"phase": "warp" if model.warp is not None else "vae", "step": 0,
                              "times": {"warp": 0.0, "vae": 0.0, "unet": 0.0}, "losses": []}
+    if cfg.data.public_source:  # so that a partial checkpoint resumes only on the same speakers
+        state["public_speakers"] = names
 
     def optimizer(phase: str) -> torch.optim.Optimizer:
         if phase == "warp":
@@ -73,6 +182,13 @@ def pretrain(cfg: Config, out: str | Path, *, progress: Callable[[str, int, int,
     gen = torch.Generator().manual_seed(cfg.experiment.seed)  # noise and timesteps of the UNet stage
     if partial.exists():
         blob = torch.load(partial, map_location="cpu", weights_only=False)
+        if blob["state"].get("public_speakers") != state.get("public_speakers"):
+            from pftray.config import ConfigError
+
+            was = ", ".join(blob["state"].get("public_speakers") or ["the synthetic public identities"])
+            now = ", ".join(state.get("public_speakers") or ["the synthetic public identities"])
+            raise ConfigError(f"data.public_source: {partial} was pre-trained on {was}, this config has {now}; "
+                              "delete the partial checkpoint or pretrain to another --out")
         model.load_state_dict(blob["model"])
         state = blob["state"]
         rng.bit_generator.state = blob["rng"]
@@ -178,11 +294,15 @@ def pretrain(cfg: Config, out: str | Path, *, progress: Callable[[str, int, int,
     blob["pretrain"] = {"warp_steps": p.warp_steps if model.warp is not None else 0, "vae_steps": p.vae_steps,
                         "unet_steps": p.unet_steps, "times": state["times"],
                         "public_identities": cfg.data.public_identities, "seed": cfg.experiment.seed}
+    if cfg.data.public_source:  # the speakers it learned from (the synthetic default keeps the blob as it was)
+        blob["pretrain"].update(public_identities=len(refs), public_source=cfg.data.public_source,
+                                public_speakers=names)
     buf = io.BytesIO()
     torch.save(blob, buf)
     atomic_write_bytes(out, buf.getvalue())
     partial.unlink(missing_ok=True)
-    return {"out": str(out), "times": state["times"], "losses": state["losses"]}
+    return {"out": str(out), "times": state["times"], "losses": state["losses"], "public_speakers": names,
+            "public_clips": len(clips), "public_frames": len(frames)}
 
 
 def _cosine_lr(opt: torch.optim.Optimizer, base: float, step: int, total: int) -> None:
