@@ -6,7 +6,10 @@ The pipeline, each step a plain function over arrays:
    (:data:`DETECT_SIDE`; faces down to ~80 px at that scale, i.e. a quarter of the shorter side). Where it finds
    nothing it retries with the frame upsampled 2x (faces down to ~40 px), then, on at most ``max_cnn`` frames
    spread over the video, with the MMOD CNN detector. Frames still without a face stay missing (NaN). With
-   several faces, the one overlapping the previous detection most (at the start: the largest) is kept.
+   several faces, the one overlapping the previous detection most (at the start: the largest) is kept. Each
+   box is then re-placed from the 68 landmarks predicted in it (continuous, where HOG boxes snap to 8-px cells
+   and pyramid steps: on the test videos this brings the raw centre error from ~5 % to ~1 % of the face size).
+   :class:`FaceDetector` is the same, one frame at a time (ingestion runs it while decoding).
 2. :func:`smooth_track` -- the boxes' centre and log side are tracked by a constant-velocity Kalman filter with a
    Rauch-Tung-Striebel smoother (in units of the median face size, so the noise levels are scale-free).
    Outliers are rejected twice: against a running median of the detections (centre off by more than
@@ -14,8 +17,9 @@ The pipeline, each step a plain function over arrays:
    10-sigma innovation gate in the filter. Missing frames are bridged by the smoother (linear motion) and frames
    before the first or after the last detection hold the nearest tracked box.
 3. :func:`crop_boxes` -- a square crop of ``margin`` (:data:`CROP_MARGIN`) times the face box side around its
-   centre, no larger than the frame's shorter side; :func:`crop_frame` cuts it out (edge pixels repeat where
-   the crop leaves the frame) and resizes it.
+   centre, no larger than the frame's shorter side, moved back into the frame by up to :data:`MAX_CROP_SHIFT`
+   of its side; :func:`crop_frame` cuts it out (edge pixels repeat where it still leaves the frame) and
+   resizes it.
 
 :func:`track_faces` chains 1 and 2. Boxes are ``x0, y0, x1, y1`` float pixel coordinates of the full frame.
 """
@@ -40,6 +44,7 @@ OUTLIER_LOG_SIDE = 0.3  # |log(side / median side)| a detection may have
 MEDIAN_WINDOW = 9  # frames in the running median used for outlier rejection
 MEASUREMENT_STD = (0.015, 0.015, 0.018)  # landmark-refined detector noise: centre x, y (face sizes), log side
 ACCELERATION_STD = (0.01, 0.01, 0.01)  # process noise per frame^2 at 25 fps (face sizes, log side)
+MAX_CROP_SHIFT = 0.15  # fraction of the crop side a crop may move to stay inside the frame
 GATE_SIGMA = 10.0  # loose: the running median already removed the outliers; this catches the rest, not fast heads
 REACQUIRE = 3  # consecutive gated detections after which the filter accepts the next one
 
@@ -346,14 +351,25 @@ def track_faces(
 
 
 def crop_boxes(
-    face_boxes: np.ndarray, frame_size: tuple[int, int], *, margin: float = CROP_MARGIN
+    face_boxes: np.ndarray, frame_size: tuple[int, int], *, margin: float = CROP_MARGIN,
+    max_shift: float = MAX_CROP_SHIFT,
 ) -> np.ndarray:
     """Square crop boxes ``[T, 4]`` (x0, y0, x1, y1): ``margin`` x the face side around the face centre, the
-    side capped at the frame's shorter side ``min(frame_size)`` (``frame_size`` = H, W)."""
+    side capped at the frame's shorter side ``min(frame_size)`` (``frame_size`` = H, W).
+
+    A crop that leaves the frame is moved back in by up to ``max_shift`` of its side (the face then sits a little
+    off-centre rather than next to a band of repeated edge pixels); what still lies outside is edge-padded by
+    :func:`crop_frame`. The shift is a continuous function of the box, so a smooth track gives smooth crops.
+    """
     b = np.asarray(face_boxes, dtype=np.float64)
     c = (b[:, :2] + b[:, 2:]) / 2
     side = np.minimum(margin * ((b[:, 2] - b[:, 0]) + (b[:, 3] - b[:, 1])) / 2, float(min(frame_size)))
-    return np.column_stack([c - side[:, None] / 2, c + side[:, None] / 2])
+    limit = np.array([frame_size[1], frame_size[0]], dtype=np.float64)  # x, y
+    half, room = side[:, None] / 2, max_shift * side[:, None]
+    over_lo = np.clip(half - c, 0.0, None)  # how far the crop sticks out before 0
+    over_hi = np.clip(c + half - limit, 0.0, None)  # ... and past the far edge
+    c = c + np.minimum(over_lo, room) - np.minimum(over_hi, room)
+    return np.column_stack([c - half, c + half])
 
 
 def crop_frame(frame: np.ndarray, box: np.ndarray, resolution: int) -> np.ndarray:

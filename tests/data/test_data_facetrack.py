@@ -139,8 +139,11 @@ def test_crop_boxes_and_edge_padding():
     face = np.array([[20.0, 40.0, 40.0, 60.0], [0.0, 0.0, 50.0, 50.0]])
     boxes = ft.crop_boxes(face, frame.shape[:2], margin=1.5)
     np.testing.assert_allclose(boxes[0], [15, 35, 45, 65])
-    # Capped at the shorter side (60), centred on the face even where that leaves the frame.
-    np.testing.assert_allclose(boxes[1], [-5, -5, 55, 55])
+    # Capped at the shorter side (60); where it leaves the frame it moves back in by at most 15 % of its side.
+    np.testing.assert_allclose(boxes[1], [0, 0, 60, 60])
+    np.testing.assert_allclose(ft.crop_boxes(face[1:] - 10, frame.shape[:2], margin=1.5), [[-6, -6, 54, 54]])
+    np.testing.assert_allclose(ft.crop_boxes(face[1:] - 10, frame.shape[:2], margin=1.5, max_shift=0), [[-15, -15, 45, 45]])
+    boxes[1] = [-5, -5, 55, 55]
     crop = ft.crop_frame(frame, boxes[0], 30)
     np.testing.assert_allclose(crop[..., 0].mean(axis=0), np.arange(15, 45), atol=1)
     np.testing.assert_allclose(crop[..., 1].mean(axis=1), np.arange(35, 65), atol=1)
