@@ -12,7 +12,7 @@ from pftray.results import load_run
 
 #: the columns of the held-out table, when the evaluation has them (the dlib face metrics only on real data)
 SUMMARY_METRICS = (
-    "psnr", "ssim", "mouth_psnr", "lip_sync", "jitter", "csim", "lmd_face", "lmd_mouth", "lip_sync_lmk",
+    "psnr", "ssim", "mouth_psnr", "shift_psnr", "lip_sync", "jitter", "csim", "lmd_face", "lmd_mouth", "lip_sync_lmk",
 )  # fmt: skip
 
 
@@ -63,8 +63,9 @@ def print_run_summary(path: str | Path, summary: dict[str, Any]) -> None:
                   f"(delta {run['config']['privacy']['target_delta']}, client-level)")
     table = eval_table(run["eval"])
     if not table.empty:
+        local = ", local = local-only (each client alone, same steps)" if "local" in table.index else ""
         print("held-out clips (mean over evaluated clients): copy = reference frame unchanged, "
-              "backbone = before personalisation, personalised = after federation")
+              f"backbone = before personalisation, personalised = after federation{local}")
         with pd.option_context("display.float_format", "{:.3f}".format):
             print(table.to_string())
         print(direction_line(list(table.columns)))

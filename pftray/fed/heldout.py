@@ -60,10 +60,11 @@ def _generate(model, ref, audio, pose, *, steps: int, seed: int) -> torch.Tensor
 
 @torch.no_grad()
 def sample_heldout(trainer, client: ClientData, state, global_shared: np.ndarray, *, cfg: Config,
-                   baseline: bool = True, personalised: bool = True) -> list[ClipSample]:
+                   baseline: bool = True, personalised: bool = True, local_state=None) -> list[ClipSample]:
     """Generate the held-out clips of ``client`` under ``personalised`` (global shared adapter + the client's
     identity adapter; a data-independent identity adapter when ``state`` is None), ``backbone`` (both adapters
-    disabled) and ``copy`` (the reference frame repeated)."""
+    disabled) and ``copy`` (the reference frame repeated); with ``local_state`` (the client's local-only shadow,
+    ``eval.local_baseline``) also ``local``: its own shared and identity adapters."""
     from pftray.fed.client import ClientState
     from pftray.model.factory import initial_identity_state
 
@@ -86,6 +87,12 @@ def sample_heldout(trainer, client: ClientData, state, global_shared: np.ndarray
         args = (model, ref, audio, pose)
         if personalised:
             outputs["personalised"] = _generate(*args, steps=cfg.eval.sample_steps, seed=seed)
+        if local_state is not None:
+            trainer.load(global_shared, local_state)
+            try:
+                outputs["local"] = _generate(*args, steps=cfg.eval.sample_steps, seed=seed)
+            finally:
+                trainer.load(global_shared, state)
         if baseline:
             model.unet.disable_adapters()
             try:
@@ -121,10 +128,12 @@ def clip_scores(pred01: torch.Tensor, gt01: torch.Tensor, boxes: np.ndarray, gt_
 
 
 def evaluate_client(trainer, client: ClientData, state, global_shared: np.ndarray, *, server_round: int,
-                    cfg: Config, baseline: bool = True, save_dir: str | None = None) -> list[dict[str, Any]]:
+                    cfg: Config, baseline: bool = True, save_dir: str | None = None,
+                    local_state=None) -> list[dict[str, Any]]:
     """Training-time evaluation rows (one per clip per model) of :func:`sample_heldout`'s clips; with
     ``save_dir``, the first clip's grid as ``client-K_round-N.png``."""
-    samples = sample_heldout(trainer, client, state, global_shared, cfg=cfg, baseline=baseline)
+    samples = sample_heldout(trainer, client, state, global_shared, cfg=cfg, baseline=baseline,
+                             local_state=local_state)
     rows = []
     for s in samples:
         n = s.gt01.shape[0]

@@ -134,6 +134,9 @@ class ClientHost:
         self.trainer = ClientTrainer(cfg, device=device)
         self.data = ClientProvider(cfg)
         self.states = ClientStateStore(Path(run_dir) / "clients", resident=cfg.runtime.resident_clients)
+        #: local-only shadows of the evaluated clients (``eval.local_baseline``): never sent, evaluated as "local"
+        self.shadows = ClientStateStore(Path(run_dir) / "clients-local", resident=0)
+        self._initial_shared: np.ndarray | None = None
         self.pending: dict[int, ClientUpdate] = {}
         self.omega: dict[int, float] = {}  # on-device DP weights of the pending updates
         self.secagg: dict[int, Any] = {}
@@ -196,7 +199,21 @@ class ClientHost:
             update.delta[:] = np.nan  # fault injection for tests of the server's rejection path
             update.status, update.message = "nonfinite", "update contains NaN/Inf"
         self.states.save(cid, server_round, new_state)
+        if cid in round_cfg.get("local_baseline_ids", ()):
+            self._train_shadow(client, server_round)
         return update
+
+    def _train_shadow(self, client: ClientData, server_round: int) -> None:
+        """The client's local-only shadow: both adapters on its own clips for the same local steps, the shared one
+        starting from the data-independent initialisation (never from the federated global); nothing is sent."""
+        from pftray.model.factory import initial_shared
+
+        if self._initial_shared is None:
+            self._initial_shared = initial_shared(self.cfg)
+        shadow = self.shadows.load(client.client_id, before_round=server_round)
+        _, new_shadow = self.trainer.fit(client, shadow, self._initial_shared, server_round=server_round,
+                                         local_shared=True)
+        self.shadows.save(client.client_id, server_round, new_shadow)
 
     def _fit_pooled(self, client_ids: list[int], global_shared: np.ndarray, server_round: int,
                     round_cfg: dict[str, Any]) -> list[dict[str, Any]]:
@@ -303,8 +320,9 @@ class ClientHost:
         for cid in client_ids:
             client = self.data.get(cid)
             state = self.states.load(cid, before_round=server_round + 1)
+            shadow = self.shadows.load(cid, before_round=server_round + 1) if self.cfg.eval.local_baseline else None
             rows += evaluate_client(self.trainer, client, state, global_shared, server_round=server_round,
-                                    cfg=self.cfg, baseline=baseline, save_dir=save_dir)
+                                    cfg=self.cfg, baseline=baseline, save_dir=save_dir, local_state=shadow)
         return rows
 
     def ping(self) -> dict[str, Any]:

@@ -149,6 +149,8 @@ class FederatedServer:
         round_cfg = {**self.strategy.client_config(r), "noise_scalars": p.noise_scalars, "private_reports": private,
                      "dp_weight": (self.strategy.device_weight_spec(p.example_cap)
                                    if self.dp is not None or private else None)}
+        if cfg.eval.local_baseline and self.strategy.aggregates and not self.strategy.central:
+            round_cfg["local_baseline_ids"] = list(self.eval_ids)  # their local-only shadows train beside them
         if self.strategy.central:  # the federated methods' expected compute per round
             per_round = cfg.fed.sample_rate * self.num_registered if cfg.fed.sample_rate > 0 else cfg.fed.clients_per_round
             round_cfg["pooled_steps"] = max(1, round(per_round * cfg.train.local_steps))

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from pftray.config import Config
 from pftray.errors import ConfigError
-from pftray.model.adapters import adapter_parameters, add_adapters
+from pftray.model.adapters import adapter_parameters, add_adapters, flatten_state, get_adapter_state
 from pftray.model.generator import TalkingHeadModel
 
 
@@ -42,3 +43,10 @@ def check_precision(precision: str, dp_sgd: bool, *, key: str = "train.precision
     if precision == "fp16" and dp_sgd:
         raise ConfigError(f"{key}: 'fp16' cannot be used with privacy.dp_sgd (DP-SGD clips per-clip gradients, a "
                           f"GradScaler would scale them); use 'fp32' (the DP-SGD step runs in fp32)")
+
+
+def initial_shared(cfg: Config) -> np.ndarray:
+    """The round-0 global shared adapter: LoRA A from the experiment seed, B = 0 (the identity map)."""
+    torch.manual_seed(cfg.experiment.seed)
+    model = build_model(cfg)
+    return flatten_state(get_adapter_state(model.unet, "shared"))

@@ -16,22 +16,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pftray.config import Config, config_from_dict, dump_config, load_config
 from pftray.results import RunDir, environment_meta
 
 
-def initial_shared(cfg: Config) -> np.ndarray:
-    """The round-0 global shared adapter: LoRA A from the experiment seed, B = 0 (the identity map)."""
-    import torch
+def initial_shared(cfg: Config):
+    """The round-0 global shared adapter (:func:`pftray.model.factory.initial_shared`; imported lazily, so that
+    importing this module stays light)."""
+    from pftray.model.factory import initial_shared as build
 
-    from pftray.model.adapters import flatten_state, get_adapter_state
-    from pftray.model.factory import build_model
-
-    torch.manual_seed(cfg.experiment.seed)
-    model = build_model(cfg)
-    return flatten_state(get_adapter_state(model.unet, "shared"))
+    return build(cfg)
 
 
 def new_run_dir(cfg: Config, out: str | None) -> RunDir:

@@ -125,3 +125,29 @@ def test_pooled_needs_one_host_and_baselines_refuse_privacy(tmp_path):
                            "fed.sample_rate": 0.5})
         with pytest.raises(ConfigError, match="privacy.secagg"):
             tiny_config(**{"fed.strategy": strategy, "privacy.secagg": True})
+
+
+def test_local_baseline_shadow_equals_a_local_only_run_of_the_same_client(tmp_path):
+    """``eval.local_baseline``: each evaluated client's local-only shadow, trained beside a federated run, is the
+    very model a ``fed.strategy: local`` run trains for that client (same batches, same start), and its
+    evaluation is that run's personalised evaluation."""
+    over = {"fed.rounds": 2, "fed.clients_per_round": 4, "fed.eval_clients": 1, "eval.frames": 2,
+            "eval.sample_steps": 2}
+    fed_run, fed_server, fed_pool, _ = _run(tiny_config(**over, **{"fed.strategy": "fedavg",
+                                                                   "eval.local_baseline": True}), tmp_path / "fed")
+    loc_run, _, _, _ = _run(tiny_config(**over, **{"fed.strategy": "local"}), tmp_path / "loc")
+    shadow = ClientStateStore(fed_run.path / "clients-local", resident=0).load(0, before_round=99)
+    local = ClientStateStore(loc_run.clients, resident=0).load(0, before_round=99)
+    assert shadow.rounds_trained == local.rounds_trained == 2
+    np.testing.assert_allclose(shadow.shared, local.shared, rtol=1e-5, atol=1e-7)
+    for k in local.identity:
+        torch.testing.assert_close(shadow.identity[k], local.identity[k], rtol=1e-5, atol=1e-7)
+    # the federated model really is another model
+    assert np.linalg.norm(fed_server.state.global_shared - shadow.shared) > 0
+    ev_fed, ev_loc = fed_run.table("eval"), loc_run.table("eval")
+    assert set(ev_fed["model"]) == {"personalised", "local", "backbone", "copy"}
+    a = ev_fed[(ev_fed["model"] == "local") & (ev_fed["server_round"] == 2)]["psnr"].to_numpy()
+    b = ev_loc[(ev_loc["model"] == "personalised") & (ev_loc["server_round"] == 2)]["psnr"].to_numpy()
+    np.testing.assert_allclose(a, b, rtol=1e-4)
+    # nothing of the shadow reached the server: the federated sum is over the 4 federated updates only
+    assert (fed_run.table("clients").groupby("server_round").size() == 4).all()
