@@ -343,6 +343,20 @@ def reliability_aucs(units: pd.DataFrame, run_dirs: dict[str, Path]) -> pd.DataF
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
 
 
+def _finish(fig, ax, path: Path, *, xlabel: str, ylabel: str, title: str) -> Path:
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plots(units: pd.DataFrame, run_dirs: dict[str, Path], out: Path, metric: str = "shift_psnr") -> list[Path]:
     import matplotlib
 
@@ -366,15 +380,9 @@ def plots(units: pd.DataFrame, run_dirs: dict[str, Path], out: Path, metric: str
         if series:
             s = pd.concat(series, axis=1).mean(axis=1)
             ax.plot(s.index, s.to_numpy(), marker="o", label=method)
-    ax.set_xlabel("round")
-    ax.set_ylabel(f"{metric} (personalised, mean over clients and seeds)")
-    ax.set_title("Quality against rounds (default cell)")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(out / "rounds.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_finish(fig, ax, out / "rounds.png", xlabel="round",
+                         ylabel=f"{metric} (personalised, mean over clients and seeds)",
+                         title="Quality against rounds (default cell)"))
     dp = units[units["factor"] == "dp"]
     if not dp.empty:
         fig, ax = plt.subplots(figsize=(6.4, 4))
@@ -383,15 +391,9 @@ def plots(units: pd.DataFrame, run_dirs: dict[str, Path], out: Path, metric: str
             pts["eps"] = pts["eps"].where(np.isfinite(pts["eps"]), np.nan)
             ax.plot(pts["eps"].fillna(pts["eps"].max() * 1.5 if pts["eps"].notna().any() else 16), pts["y"],
                     marker="o", linestyle="", label=method)
-        ax.set_xlabel("accountant's client-level ε (no-DP cells drawn right of the largest ε)")
-        ax.set_ylabel(metric)
-        ax.set_title("Utility against ε (DP cohort)")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-        fig.tight_layout()
-        paths.append(out / "utility_vs_epsilon.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(_finish(fig, ax, out / "utility_vs_epsilon.png", ylabel=metric,
+                             xlabel="accountant's client-level ε (no-DP cells drawn right of the largest ε)",
+                             title="Utility against ε (DP cohort)"))
     return paths
 
 
