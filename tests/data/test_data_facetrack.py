@@ -152,3 +152,19 @@ def test_crop_boxes_and_edge_padding():
     assert (edge[:5, :, 1] == 0).all() and (edge[:, :5, 0] == 0).all()  # repeated first row / column
     outside = ft.crop_frame(frame, np.array([100.0, 200.0, 120.0, 220.0]), 8)
     assert (outside[..., 0] == 59).all() and (outside[..., 1] == 99).all()
+
+
+@needs_models
+def test_cnn_fallback_finds_a_strongly_rolled_face(photo):
+    from skimage.transform import rotate
+
+    img, box0 = photo
+    sub = np.ascontiguousarray(img[:300, 80:380])  # face centre at (c0x - 80, c0y)
+    angle = np.radians(50)
+    rolled = np.rint(rotate(sub, 50, mode="edge") * 255).astype(np.uint8)  # counter-clockwise as displayed
+    d = centre(box0) - np.array([80.0, 0.0]) - 149.5
+    truth = 149.5 + np.array([d[0] * np.cos(angle) + d[1] * np.sin(angle), -d[0] * np.sin(angle) + d[1] * np.cos(angle)])
+    assert not ft.detect_faces(rolled[None], max_cnn=0).found.any()  # both HOG passes miss it
+    det = ft.detect_faces(rolled[None], max_cnn=1, refine=False)
+    assert det.method[0] == 3 and det.score[0] > 0
+    assert np.linalg.norm(centre(det.boxes[0]) - truth) < 0.25 * (box0[2] - box0[0])
