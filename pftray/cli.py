@@ -174,7 +174,7 @@ def cmd_generate(args) -> int:
 
     out = generate_video(args.run_dir, args.out, audio=args.audio, client=args.client, reference=args.reference,
                          server_round=args.server_round, pose=args.pose_video, steps=args.steps, seed=args.seed,
-                         device=args.device)
+                         audio_norm=args.audio_norm, device=args.device)
     who = f"client {out.info['client']}" if out.info["client"] is not None else f"reference {args.reference}"
     print(f"{args.out}: {out.num_frames} frames ({out.duration_s:.2f} s at {out.fps} fps, audio "
           f"{out.info['source_duration_s']:.2f} s) of {who}, round {out.info['server_round']}, "
@@ -340,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pose-video", metavar="VIDEO", help="take the head pose from this video (default: neutral)")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: eval.sample_steps)")
     p.add_argument("--seed", type=int, default=None, help="noise seed (default: experiment.seed)")
+    p.add_argument("--audio-norm", choices=("clip", "file"), default="clip",
+                   help="standardise the audio features per training-length clip around each frame (as in training) "
+                        "or once over the whole file")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     p.set_defaults(fn=cmd_generate)
 

@@ -30,6 +30,8 @@ What is generated, step by step:
   clips are standardised one by one, so for each frame ``t`` the features come from the training-length clip of
   audio centred on ``t`` (clamped to the file; the whole file when it is shorter than a clip): every frame sees
   exactly the statistics the model was trained with, and there are no jumps at clip boundaries.
+  ``audio_norm="file"`` (``--audio-norm file``) standardises once over the whole file instead, which keeps the
+  loudness of pauses relative to speech.
 * **Pose.** Neutral (zeros: frontal, eyes open) by default; or a ``[N, 4]`` track (yaw, pitch, roll, blink at
   25 fps); or a **driving video**, whose face is tracked (:mod:`pftray.data.facetrack`) and whose landmark head
   pose and blink (:mod:`pftray.data.landmarks`, the functions real-data ingestion uses) become the track. A track
@@ -67,6 +69,8 @@ MAX_SECONDS = 3600.0
 #: decoded audio beyond the container's stated duration that counts as codec padding (one AAC frame at 8 kHz is
 #: 0.128 s) and is cut; a larger excess means the stated duration is wrong, and the decoded samples are kept
 MAX_TAIL_PADDING_S = 0.25
+#: how the audio features are standardised (see :func:`audio_features`)
+AUDIO_NORMS = ("clip", "file")
 
 
 @dataclass
@@ -190,18 +194,22 @@ def fit_audio(wave: np.ndarray, num_frames: int) -> np.ndarray:
 
 
 def audio_features(wave: np.ndarray, *, num_frames: int, n_mels: int, audio_window: int,
-                   clip_frames: int) -> np.ndarray:
+                   clip_frames: int, norm: str = "clip") -> np.ndarray:
     """Per-frame audio features ``[T, audio_window, n_mels]`` as the training data computes them.
 
-    Frame ``t`` gets its window from :func:`log_mel_features` of the ``clip_frames``-frame clip of audio centred
-    on ``t`` (clamped to ``[0, T)``; the whole waveform when ``T <= clip_frames``), i.e. standardised over one
-    training-length clip, as every training clip is. ``wave`` is 16 kHz mono with ``T * 640`` samples.
+    ``norm="clip"`` (the training data's statistics): frame ``t`` gets its window from :func:`log_mel_features`
+    of the ``clip_frames``-frame clip of audio centred on ``t`` (clamped to ``[0, T)``; the whole waveform when
+    ``T <= clip_frames``), i.e. standardised over one training-length clip, as every training clip is.
+    ``norm="file"``: one standardisation over the whole waveform (keeps the loudness differences between
+    sentences and pauses, which per-clip standardisation removes). ``wave`` is 16 kHz mono, ``T * 640`` samples.
     """
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if norm not in AUDIO_NORMS:
+        raise InputError(f"audio normalisation must be one of {AUDIO_NORMS}, got {norm!r}")
     x = fit_audio(wave, num_frames)
     kw = dict(n_mels=n_mels, window=audio_window)
-    if num_frames <= clip_frames:
+    if num_frames <= clip_frames or norm == "file":
         return log_mel_features(x, num_frames=num_frames, **kw)
     out = np.empty((num_frames, audio_window, n_mels), np.float32)
     half = clip_frames // 2
@@ -511,8 +519,8 @@ class TalkingHeadPipeline:
 
     # --------------------------------------------------------------------------------------------- generate
     def __call__(self, audio, reference=None, pose=None, *, steps: int | None = None, seed: int | None = None,
-                 sample_rate: int = SAMPLE_RATE, crop_reference: bool = True, batch_frames: int = BATCH_FRAMES,
-                 progress: Callable[[int, int], None] | None = None) -> GenerationOutput:
+                 sample_rate: int = SAMPLE_RATE, crop_reference: bool = True, audio_norm: str = "clip",
+                 batch_frames: int = BATCH_FRAMES, progress: Callable[[int, int], None] | None = None) -> GenerationOutput:
         """Generate a video for ``audio`` (a file, or a waveform at ``sample_rate``) with ``reference`` (None: the
         client's frame; a photo path or array: its face crop) and ``pose`` (None: neutral; ``[N, 4]``; a driving
         video's path). ``steps`` DDIM steps (default ``eval.sample_steps``), ``seed`` of the initial noise (default
@@ -523,10 +531,11 @@ class TalkingHeadPipeline:
             raise InputError(f"audio of {duration * 1000:.0f} ms is shorter than half a video frame (20 ms)")
         ref = self.prepare_reference(reference, crop=crop_reference)
         return self.generate(wave, duration, ref, make_pose(pose, t_len), steps=steps, seed=seed,
-                             batch_frames=batch_frames, progress=progress)
+                             audio_norm=audio_norm, batch_frames=batch_frames, progress=progress)
 
     def generate(self, wave: np.ndarray, duration_s: float, reference: np.ndarray, pose: np.ndarray, *,
-                 steps: int | None = None, seed: int | None = None, batch_frames: int = BATCH_FRAMES,
+                 steps: int | None = None, seed: int | None = None, audio_norm: str = "clip",
+                 batch_frames: int = BATCH_FRAMES,
                  progress: Callable[[int, int], None] | None = None) -> GenerationOutput:
         """:meth:`__call__` on prepared inputs: 16 kHz mono ``wave`` of ``duration_s`` seconds, a uint8
         ``[R, R, 3]`` reference and a float32 ``[T, 4]`` pose with ``T = round(duration_s * 25)``."""
@@ -550,7 +559,7 @@ class TalkingHeadPipeline:
         wave = fit_audio(wave, t_len)
         d = self.cfg.data
         feats = audio_features(wave, num_frames=t_len, n_mels=d.n_mels, audio_window=d.audio_window,
-                               clip_frames=d.frames_per_clip)
+                               clip_frames=d.frames_per_clip, norm=audio_norm)
         dev = self.device
         ref_t = torch.from_numpy(np.array(ref, dtype=np.uint8)).permute(2, 0, 1).float().div(127.5).sub(1).to(dev)
         pose = np.ascontiguousarray(pose, dtype=np.float32)
@@ -565,6 +574,7 @@ class TalkingHeadPipeline:
                 if progress is not None:
                     progress(e, t_len)
         info = {"client": self.client, "server_round": self.server_round, "steps": steps, "seed": seed,
+                "audio_norm": audio_norm,
                 "source_duration_s": float(duration_s), "run_dir": str(self.run_dir),
                 "identity": f"client {self.client}" if self.client is not None else "new (identity adapter B = 0)"}
         return GenerationOutput(frames=frames, audio=wave, pose=pose, reference=ref, info=info)
@@ -580,7 +590,8 @@ class TalkingHeadPipeline:
 
 def generate_video(run_dir, out: str | os.PathLike[str], *, audio, client: int | None = None, reference=None,
                    server_round: int | None = None, pose=None, steps: int | None = None, seed: int | None = None,
-                   device: str = "cpu", progress: Callable[[int, int], None] | None = None) -> GenerationOutput:
+                   audio_norm: str = "clip", device: str = "cpu",
+                   progress: Callable[[int, int], None] | None = None) -> GenerationOutput:
     """``pftray generate`` as one call: check every input, generate, write ``out`` atomically.
 
     The inputs are checked before the model is built, in the order run, identity, audio, photo, driving video;
@@ -603,6 +614,6 @@ def generate_video(run_dir, out: str | os.PathLike[str], *, audio, client: int |
     pose_t = make_pose(pose, t_len)
     pipe = TalkingHeadPipeline.from_run(run_dir, client=client, server_round=server_round, device=device)
     result = pipe.generate(wave, duration, ref if ref is not None else pipe.reference, pose_t, steps=steps,
-                           seed=seed, progress=progress)
+                           seed=seed, audio_norm=audio_norm, progress=progress)
     pipe.write_mp4(result, out)
     return result

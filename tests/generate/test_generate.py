@@ -76,9 +76,12 @@ def test_audio_features_are_the_training_datas(gen_run):
         s = min(max(0, t - clip_frames // 2), t_len - clip_frames)
         ref = log_mel_features(wave[s * 640 : (s + clip_frames) * 640], n_mels=16, window=8, num_frames=clip_frames)
         np.testing.assert_array_equal(feats[t], ref[t - s])
-    # whole-file standardisation would be a different function of the audio
+    # whole-file standardisation (norm="file") is a different function of the audio
     whole = log_mel_features(wave, n_mels=16, window=8, num_frames=t_len)
     assert np.abs(whole - feats).max() > 0.1
+    np.testing.assert_array_equal(
+        audio_features(wave, num_frames=t_len, n_mels=16, audio_window=8, clip_frames=clip_frames, norm="file"),
+        whole)
 
 
 def test_any_rate_and_layout_becomes_16k_mono_of_the_same_duration(media, tmp_path):
