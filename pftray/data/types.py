@@ -44,10 +44,11 @@ class Clip:
         audio: float32 ``[T * 640]`` mono waveform at 16 kHz.
         audio_feats: float32 ``[T, A, M]`` per-clip normalised log-mel window of ``A`` mel frames (hop 10 ms)
             centred on each video frame, ``M`` mel bands (see :func:`pftray.data.audio.log_mel_features`).
-        pose: float32 ``[T, 4]`` yaw, pitch, roll (each roughly in [-1, 1]) and blink in [0, 1]. Zeros for real
-            data (no pose estimator offline).
+        pose: float32 ``[T, 4]`` yaw, pitch, roll (each roughly in [-1, 1]) and blink in [0, 1]. Ground truth for
+            synthetic data; for real data (``pftray data prepare``) the head pose of a PnP fit of a 3-D face
+            model to dlib's 68 landmarks and the eye-aspect-ratio blink (:mod:`pftray.data.landmarks`).
         mouth: float32 ``[T]`` mouth openness in [0, 1]. Ground truth for synthetic data; for real data the
-            :func:`pftray.data.synthetic.estimate_mouth_openness` heuristic applied to the frames.
+            inner-lip gap over the mouth width of the landmarks.
         mouth_box: int32 ``[T, 4]`` ``y0, y1, x0, x1`` pixel box (half-open) around the mouth in each frame.
         identity: identity name (``"client-3"``, ``"pub-3"``, or the speaker directory for real data).
         clip_id: unique id of the clip within its identity.
