@@ -22,7 +22,7 @@ from pftray.config import ConfigError, config_from_dict, load_config
 from pftray.data import make_client, save_client_shard
 from pftray.data.ingest import MANIFEST_FORMAT, load_prepared_dataset
 from pftray.model.generator import TalkingHeadModel
-from pftray.model.pretrain import _to_t, check_public_source, public_data, pretrain
+from pftray.model.pretrain import _to_t, check_public_source, pretrain, public_data
 from tests.tinycfg import tiny_dict
 
 REPO = Path(__file__).resolve().parents[2]
