@@ -77,7 +77,7 @@ SWEEP_KEYS = (
     "out",
 )
 #: config keys holding paths: made absolute at launch, because Tune runs trials in another working directory
-PATH_KEYS = ("data.source", "model.pretrained", "model.backbone")
+PATH_KEYS = ("data.source", "data.public_source", "model.pretrained", "model.backbone")
 
 
 # ------------------------------------------------------------------------------------------ the sweep file
