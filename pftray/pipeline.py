@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 
 from pftray.data.audio import log_mel_features
+from pftray.data.ingest import audio_frame_to_float
 from pftray.data.types import SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS
 from pftray.errors import InputError
 
@@ -112,22 +113,6 @@ def num_video_frames(duration_s: float) -> int:
     return int(math.floor(duration_s * VIDEO_FPS + 0.5))
 
 
-def _audio_frame_to_float(frame) -> np.ndarray:
-    """Decoded PyAV audio frame -> float64 ``[channels, samples]`` in [-1, 1]."""
-    x = frame.to_ndarray()
-    layout = frame.layout
-    channels = layout.nb_channels if hasattr(layout, "nb_channels") else len(layout.channels)
-    if not frame.format.is_planar:
-        x = x.reshape(-1, channels).T
-    if x.dtype == np.int16:
-        return x / 32768.0
-    if x.dtype == np.int32:
-        return x / 2147483648.0
-    if x.dtype == np.uint8:
-        return (x.astype(np.float64) - 128.0) / 128.0
-    return x.astype(np.float64)
-
-
 def resample_to_16k(wave: np.ndarray, sample_rate: int) -> np.ndarray:
     """Mono float waveform at ``sample_rate`` -> float32 at 16 kHz (polyphase, as real-data ingestion does)."""
     from scipy.signal import resample_poly
@@ -169,7 +154,7 @@ def load_audio(path: str | os.PathLike[str]) -> tuple[np.ndarray, float]:
                 elif int(frame.sample_rate) != rate:
                     raise InputError(f"--audio {p}: the sample rate changes inside the stream ({rate} -> "
                                      f"{frame.sample_rate} Hz)")
-                mono = _audio_frame_to_float(frame).mean(axis=0).astype(np.float32)
+                mono = audio_frame_to_float(frame).mean(axis=0).astype(np.float32)
                 chunks.append(mono)
                 total += mono.size
                 if total > MAX_SECONDS * rate:

@@ -99,7 +99,7 @@ class _Skip(Exception):
     """Internal: the current file is unusable for the given reason."""
 
 
-def _to_float(frame) -> np.ndarray:
+def audio_frame_to_float(frame) -> np.ndarray:
     """Decoded audio frame -> float64 ``[channels, samples]`` in [-1, 1]."""
     x = frame.to_ndarray()
     channels = (
@@ -191,7 +191,7 @@ def decode_video(path: Path, *, resolution: int, crop: str = "face") -> DecodedV
                     if audio_t0 is None:
                         audio_t0 = frame.time if frame.time is not None else 0.0
                         audio_rate = frame.sample_rate
-                    x = _to_float(frame)
+                    x = audio_frame_to_float(frame)
                     channels = x.shape[0]
                     chunks.append(x.mean(axis=0))
     if not times:
