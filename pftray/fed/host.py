@@ -203,6 +203,19 @@ class ClientHost:
             self._train_shadow(client, server_round)
         return update
 
+    def _shadow_for_eval(self, cid: int, server_round: int) -> ClientState:
+        """The local-only shadow as of ``server_round``; a client never sampled yet has its untrained start (so the
+        'local' rows cover the same clients as the personalised ones)."""
+        from pftray.model.factory import initial_identity_state, initial_shared
+
+        shadow = self.shadows.load(cid, before_round=server_round + 1)
+        if shadow is None:
+            if self._initial_shared is None:
+                self._initial_shared = initial_shared(self.cfg)
+            shadow = ClientState(initial_identity_state(self.trainer.model, cid, self.cfg.experiment.seed),
+                                 shared=self._initial_shared)
+        return shadow
+
     def _train_shadow(self, client: ClientData, server_round: int) -> None:
         """The client's local-only shadow: both adapters on its own clips for the same local steps, the shared one
         starting from the data-independent initialisation (never from the federated global); nothing is sent."""
@@ -320,7 +333,7 @@ class ClientHost:
         for cid in client_ids:
             client = self.data.get(cid)
             state = self.states.load(cid, before_round=server_round + 1)
-            shadow = self.shadows.load(cid, before_round=server_round + 1) if self.cfg.eval.local_baseline else None
+            shadow = self._shadow_for_eval(cid, server_round) if self.cfg.eval.local_baseline else None
             rows += evaluate_client(self.trainer, client, state, global_shared, server_round=server_round,
                                     cfg=self.cfg, baseline=baseline, save_dir=save_dir, local_state=shadow)
         return rows

@@ -149,5 +149,10 @@ def test_local_baseline_shadow_equals_a_local_only_run_of_the_same_client(tmp_pa
     a = ev_fed[(ev_fed["model"] == "local") & (ev_fed["server_round"] == 2)]["psnr"].to_numpy()
     b = ev_loc[(ev_loc["model"] == "personalised") & (ev_loc["server_round"] == 2)]["psnr"].to_numpy()
     np.testing.assert_allclose(a, b, rtol=1e-4)
+    # a client never sampled still has a 'local' row: its untrained start, as a local-only run evaluates it
+    host = fed_pool.hosts[0]
+    never = host._shadow_for_eval(3, server_round=0)
+    assert never.rounds_trained == 0 and np.array_equal(never.shared, initial_shared(fed_run_cfg := host.cfg))
+    assert fed_run_cfg.eval.local_baseline
     # nothing of the shadow reached the server: the federated sum is over the 4 federated updates only
     assert (fed_run.table("clients").groupby("server_round").size() == 4).all()
