@@ -99,11 +99,16 @@ class Grid:
     cohort_pretrain: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
+#: the corruption kinds of the unreliable factor: the ones that damage a talking-head model's shared adapter
+HARMFUL_KINDS = ("swapped_audio", "heavy_offset", "wrong_identity")
+
+
 def default_grid(*, quick: bool, severity: float, seeds: int | None = None, cohort_clients: int = 100,
-                 cohort_rate: float = 0.2) -> Grid:
+                 cohort_rate: float = 0.2, kinds: tuple[str, ...] = HARMFUL_KINDS) -> Grid:
     rounds = 6 if quick else 10
     base = {
         "data.shift_severity": severity, "data.unreliable_fraction": 0.0, "data.num_clients": 8,
+        "data.unreliable_kinds": list(kinds),
         "fed.rounds": rounds, "fed.clients_per_round": 4, "fed.eval_every": rounds // 2, "fed.eval_clients": 8,
         "fed.mu": 0.01, "train.local_steps": 8 if quick else 12, "eval.clips": 1, "eval.frames": 12,
         "eval.sample_steps": 10, "runtime.resident_clients": 8,
@@ -260,6 +265,35 @@ def paired_vs(units: pd.DataFrame, metrics=METRICS, references=REFERENCES) -> pd
     return pd.DataFrame(rows)
 
 
+def vs_clean(units: pd.DataFrame, metrics=METRICS) -> pd.DataFrame:
+    """Each method of the unreliable factor at fraction f > 0 against ITSELF at fraction 0, paired on the same
+    (seed, client), separately on the clients that are reliable at f and on those that are unreliable at f: what
+    the corrupted clients cost the others (through the shared adapter) and themselves."""
+    from pftray.evaluation.stats import paired_tests, t_interval
+
+    u = units[units["factor"] == "unreliable"]
+    if u.empty:
+        return pd.DataFrame()
+    clean_level = min(u["level"], key=float)
+    rows = []
+    for method in dict.fromkeys(u["method"]):
+        base = u[(u["method"] == method) & (u["level"] == clean_level)].set_index(["seed", "client_id"])
+        for level in sorted(set(u["level"]) - {clean_level}, key=float):
+            cur = u[(u["method"] == method) & (u["level"] == level)].set_index(["seed", "client_id"])
+            for group, mask in (("reliable", cur["unreliable"] == ""), ("unreliable", cur["unreliable"] != "")):
+                for m in metrics:
+                    pairs = pd.concat([cur[mask][m].rename("a"), base[m].rename("b")], axis=1, join="inner").dropna()
+                    if len(pairs) < 2:
+                        continue
+                    d = (pairs["a"] - pairs["b"]).to_numpy(float)
+                    ci = t_interval(d)
+                    res = paired_tests(pairs["a"].to_numpy(float), pairs["b"].to_numpy(float))
+                    rows.append({"method": method, "level": level, "clients": group, "metric": m, "n_pairs": len(d),
+                                 "mean_diff": ci.mean, "ci_low": ci.low, "ci_high": ci.high,
+                                 "t_pvalue": res.t_pvalue, "wilcoxon_pvalue": res.wilcoxon_pvalue})
+    return pd.DataFrame(rows)
+
+
 def _fmt(x: float, digits: int = 3) -> str:
     return "–" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
 
@@ -296,6 +330,17 @@ def markdown(units: pd.DataFrame, aucs: pd.DataFrame | None = None, *, metrics=M
                                  f"{_fmt(r['mean_diff'])} [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}] | "
                                  f"{r['n_pairs']} | {_fmt(r['t_pvalue'], 4)} | {_fmt(r['wilcoxon_pvalue'], 4)} |")
                 lines.append("")
+    vc = vs_clean(units, metrics)
+    if not vc.empty:
+        lines += ["## Unreliable clients: each method against itself without them", "",
+                  "Δ = (fraction f) − (fraction 0) for the same method, paired on the same (seed, client); 'reliable' "
+                  "= the clients whose own data is clean at f (the harm done to them through the shared adapter), "
+                  "'unreliable' = the corrupted clients' own personalised models.", "",
+                  "| method | f | clients | metric | Δ [95 % CI] | n | p (t) |", "|---|---|---|---|---|---:|---:|"]
+        for _, r in vc.iterrows():
+            lines.append(f"| {r['method']} | {r['level']} | {r['clients']} | {r['metric']} | {_fmt(r['mean_diff'])} "
+                         f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}] | {r['n_pairs']} | {_fmt(r['t_pvalue'], 4)} |")
+        lines.append("")
     dp = units[units["factor"] == "dp"]
     if not dp.empty:
         lines += ["## DP cells: privacy beside utility", "",
@@ -436,13 +481,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--factors", nargs="+", default=["unreliable", "tdc", "dp"], choices=["unreliable", "tdc", "dp"])
     ap.add_argument("--cohort-clients", type=int, default=100)
     ap.add_argument("--cohort-rate", type=float, default=0.2)
+    ap.add_argument("--kinds", nargs="+", default=list(HARMFUL_KINDS),
+                    help="data.unreliable_kinds of the unreliable factor (default: the harmful kinds)")
     args = ap.parse_args(argv)
     if args.cohort_clients < 100 or args.cohort_clients * args.cohort_rate < 20:
         print("python -m bench federation: the DP cohort needs >= 100 clients and >= 20 expected per round "
               f"(got {args.cohort_clients} x {args.cohort_rate})", file=sys.stderr)
         return 2
     grid = default_grid(quick=args.quick, severity=args.severity, seeds=args.seeds,
-                        cohort_clients=args.cohort_clients, cohort_rate=args.cohort_rate)
+                        cohort_clients=args.cohort_clients, cohort_rate=args.cohort_rate, kinds=tuple(args.kinds))
     command = "python -m bench federation " + " ".join(argv if argv is not None else sys.argv[1:])
     res = run_grid(grid, config=Path(args.config), work=Path(args.work), out=Path(args.out),
                    factors=tuple(args.factors), command=command.strip())

@@ -29,7 +29,7 @@ def grid_result(tmp_path_factory):
     grid = Grid(base={"data.unreliable_fraction": 0.0, "fed.rounds": 1, "fed.clients_per_round": 2,
                       "fed.eval_clients": 4},
                 cohort={"fed.sample_rate": 0.5, "privacy.clipping_norm": 0.5},
-                seeds=(0,), fractions=(0.5,), epsilons=(8.0,), lambdas=(), methods=("backbone", "local", "fedavg"),
+                seeds=(0,), fractions=(0.0, 0.5), epsilons=(8.0,), lambdas=(), methods=("backbone", "local", "fedavg"),
                 dp_methods=("fedavg",), cohort_pretrain={"pretrain.vae_steps": 1, "pretrain.unet_steps": 1,
                                                          "pretrain.warp_steps": 0})
     lines = []
@@ -47,7 +47,7 @@ def test_grid_writes_units_and_a_summary_recomputed_from_them(grid_result):
     assert set(units["factor"]) == {"unreliable", "dp"}
     # 4 evaluated clients per method per cell; backbone rows come from the fedavg run of the same cell
     u = units[units["factor"] == "unreliable"]
-    assert u.groupby("method").size().to_dict() == {"backbone": 4, "local": 4, "fedavg": 4}
+    assert u.groupby("method").size().to_dict() == {"backbone": 8, "local": 8, "fedavg": 8}  # 2 fractions
     assert u[u["method"] == "backbone"]["run"].iloc[0] == u[u["method"] == "fedavg"]["run"].iloc[0]
     assert (u["unreliable"] != "").sum() == 3 * 2  # round(0.5 * 4) unreliable clients, seen by 3 methods
     # the shift-region metric exists on the shifted scenario
@@ -56,18 +56,28 @@ def test_grid_writes_units_and_a_summary_recomputed_from_them(grid_result):
     # the reliable-clients row of local-only, recomputed from the Parquet: mean +- t half-width
     from scipy import stats
 
-    rel = u[(u["unreliable"] == "") & (u["method"] == "local")]["shift_psnr"].to_numpy(float)
+    rel = u[(u["level"] == "0.5") & (u["unreliable"] == "") & (u["method"] == "local")]["shift_psnr"].to_numpy(float)
     half = stats.t.ppf(0.975, len(rel) - 1) * rel.std(ddof=1) / math.sqrt(len(rel))
     section = text.split("## unreliable: reliable clients")[1].split("## ")[0]
     row = next(ln for ln in section.splitlines() if ln.startswith("| 0.5 | local |"))
     assert f"{rel.mean():.3f} ± {half:.3f}" in row
     # a paired difference against FedAvg, recomputed on the same (seed, client) units
-    a = u[u["method"] == "local"].set_index(["seed", "client_id"])["psnr"]
-    b = u[u["method"] == "fedavg"].set_index(["seed", "client_id"])["psnr"]
+    a = u[(u["method"] == "local") & (u["level"] == "0.5")].set_index(["seed", "client_id"])["psnr"]
+    b = u[(u["method"] == "fedavg") & (u["level"] == "0.5")].set_index(["seed", "client_id"])["psnr"]
     d = (a - b).dropna()
     allc = text.split("## unreliable: all clients")[1].split("## ")[0]
     prow = next(ln for ln in allc.splitlines() if re.match(r"\| 0\.5 \| local \| fedavg \| psnr \|", ln))
     assert f"{d.mean():.3f} [" in prow and f"| {len(d)} |" in prow
+    # each method against itself at fraction 0, on the clients reliable at 0.5, recomputed
+    from bench.federation import vs_clean
+
+    vc = vs_clean(units).set_index(["method", "level", "clients", "metric"])
+    cur = u[(u["method"] == "fedavg") & (u["level"] == "0.5") & (u["unreliable"] == "")].set_index("client_id")
+    clean = u[(u["method"] == "fedavg") & (u["level"] == "0")].set_index("client_id")
+    diff = (cur["psnr"] - clean["psnr"].loc[cur.index]).mean()
+    assert vc.loc[("fedavg", "0.5", "reliable", "psnr"), "mean_diff"] == pytest.approx(diff)
+    assert vc.loc[("fedavg", "0.5", "reliable", "psnr"), "n_pairs"] == 2
+    assert "each method against itself without them" in text
     assert (root / "out" / "rounds.png").stat().st_size > 0 and (root / "out" / "utility_vs_epsilon.png").exists()
 
 
@@ -88,7 +98,7 @@ def test_a_second_call_keeps_finished_cells(grid_result, tmp_path):
 
     grid, res, root, lines = grid_result
     before = {p: p.stat().st_mtime_ns for p in (root / "work" / "runs").glob("*/checkpoints/LATEST")}
-    assert len(before) == 3  # local, fedavg (unreliable factor) and fedavg (dp factor)
+    assert len(before) == 5  # local and fedavg at 2 fractions, fedavg of the dp factor
     again = run_grid(grid, config=root / "tiny.yaml", work=root / "work", out=tmp_path / "out2",
                      factors=("unreliable", "dp"), progress=lambda _: None)
     after = {p: p.stat().st_mtime_ns for p in (root / "work" / "runs").glob("*/checkpoints/LATEST")}
