@@ -9,6 +9,7 @@ client's update until the server has decided the aggregation weights. Only scala
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
@@ -136,7 +137,6 @@ class ClientHost:
         self.states = ClientStateStore(Path(run_dir) / "clients", resident=cfg.runtime.resident_clients)
         #: local-only shadows of the evaluated clients (``eval.local_baseline``): never sent, evaluated as "local"
         self.shadows = ClientStateStore(Path(run_dir) / "clients-local", resident=0)
-        self._initial_shared: np.ndarray | None = None
         self.pending: dict[int, ClientUpdate] = {}
         self.omega: dict[int, float] = {}  # on-device DP weights of the pending updates
         self.secagg: dict[int, Any] = {}
@@ -203,28 +203,30 @@ class ClientHost:
             self._train_shadow(client, server_round)
         return update
 
+    @functools.cached_property
+    def initial_shared(self) -> np.ndarray:
+        """The round-0 shared adapter (:func:`pftray.model.factory.initial_shared`): the trainer's model was built
+        from the same seed, so it is that model's shared-adapter template, with no second model built."""
+        from pftray.model.adapters import flatten_state
+
+        return flatten_state(self.trainer.template)
+
     def _shadow_for_eval(self, cid: int, server_round: int) -> ClientState:
         """The local-only shadow as of ``server_round``; a client never sampled yet has its untrained start (so the
         'local' rows cover the same clients as the personalised ones)."""
-        from pftray.model.factory import initial_identity_state, initial_shared
+        from pftray.model.factory import initial_identity_state
 
         shadow = self.shadows.load(cid, before_round=server_round + 1)
         if shadow is None:
-            if self._initial_shared is None:
-                self._initial_shared = initial_shared(self.cfg)
             shadow = ClientState(initial_identity_state(self.trainer.model, cid, self.cfg.experiment.seed),
-                                 shared=self._initial_shared)
+                                 shared=self.initial_shared)
         return shadow
 
     def _train_shadow(self, client: ClientData, server_round: int) -> None:
         """The client's local-only shadow: both adapters on its own clips for the same local steps, the shared one
         starting from the data-independent initialisation (never from the federated global); nothing is sent."""
-        from pftray.model.factory import initial_shared
-
-        if self._initial_shared is None:
-            self._initial_shared = initial_shared(self.cfg)
         shadow = self.shadows.load(client.client_id, before_round=server_round)
-        _, new_shadow = self.trainer.fit(client, shadow, self._initial_shared, server_round=server_round,
+        _, new_shadow = self.trainer.fit(client, shadow, self.initial_shared, server_round=server_round,
                                          local_shared=True)
         self.shadows.save(client.client_id, server_round, new_shadow)
 
