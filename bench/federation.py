@@ -142,6 +142,10 @@ def cells(grid: Grid) -> list[Cell]:
     trained = [m for m in grid.methods if m != "backbone"]
     if "backbone" in grid.methods and "fedavg" not in trained:
         trained.append("fedavg")  # the backbone rows come from the FedAvg runs
+    rounds = int(grid.cohort.get("fed.rounds", grid.base["fed.rounds"]))
+    dp_levels = [(f"eps{eps:g}" if eps > 0 else "nodp",
+                  dp_overrides(eps, rounds=rounds, sample_rate=float(grid.cohort["fed.sample_rate"])))
+                 for eps in grid.epsilons]  # the noise calibration is the same for every seed
     for seed in grid.seeds:
         for f in grid.fractions:
             for m in trained:
@@ -149,10 +153,7 @@ def cells(grid: Grid) -> list[Cell]:
                                                                         "data.unreliable_fraction": f}.items())))
         for lam in grid.lambdas:
             out.append(Cell("tdc", f"lambda{lam:g}", "isfa", seed, tuple({**grid.base, "train.lambda_tdc": lam}.items())))
-        rounds = int(grid.cohort.get("fed.rounds", grid.base["fed.rounds"]))
-        for eps in grid.epsilons:
-            level = f"eps{eps:g}" if eps > 0 else "nodp"
-            dp = dp_overrides(eps, rounds=rounds, sample_rate=float(grid.cohort["fed.sample_rate"]))
+        for level, dp in dp_levels:
             for m in grid.dp_methods:
                 out.append(Cell("dp", level, m, seed, tuple({**grid.base, **grid.cohort, **dp}.items())))
     return out
