@@ -12,6 +12,7 @@ python -m bench privacy-audit     # accountant epsilon beside the membership aud
 python -m bench table-writes      # per-round cost of writing the run tables at round 10 vs round 1000
 python -m bench federation        # the federated grid: methods, baselines, unreliable clients, DP cohort, TDC
 python -m bench shift-gap         # what the shifted scenario costs the public-trained backbone, by severity
+python -m bench real-faces        # real speakers: pre-train, federate, eval vs copy-the-reference, generate
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ BENCHMARKS = {
     "table-writes": "bench.table_writes",
     "federation": "bench.federation",
     "shift-gap": "bench.shift_gap",
+    "real-faces": "bench.real_faces",
 }
 
 

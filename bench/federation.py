@@ -97,7 +97,20 @@ class Grid:
     methods: tuple[str, ...] = METHODS
     dp_methods: tuple[str, ...] = FEDERATED
     cohort_pretrain: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: ``pftray audit`` settings for the DP cells (None = no audit)
+    audit: dict[str, Any] | None = dataclasses.field(default_factory=lambda: dict(AUDIT))
 
+
+#: the membership audit of each DP cell: 2 noise draws x 2 timesteps per clip (cheap at 32 px; a lower bound only)
+AUDIT = {"timesteps": (100, 500), "repeats": 2}
+
+
+#: training clips per client in the synthetic grid: few, so that one client's clips undersample the shared shift
+#: (a local-only model sees 2 audio tracks; the federation's shared adapter sees every sampled client's)
+CLIPS_PER_CLIENT = 2
+#: the cohort's client update clip C: about the median norm of its clients' unclipped updates (0.6-0.8 at 4 local
+#: steps, measured), so that clipping alone costs little and DP changes only the noise
+COHORT_CLIP = 0.7
 
 #: the corruption kinds of the unreliable factor: the ones that damage a talking-head model's shared adapter
 HARMFUL_KINDS = ("swapped_audio", "heavy_offset", "wrong_identity")
@@ -108,23 +121,26 @@ def default_grid(*, quick: bool, severity: float, seeds: int | None = None, coho
     rounds = 6 if quick else 10
     base = {
         "data.shift_severity": severity, "data.unreliable_fraction": 0.0, "data.num_clients": 8,
-        "data.unreliable_kinds": list(kinds),
-        "fed.rounds": rounds, "fed.clients_per_round": 4, "fed.eval_every": rounds // 2, "fed.eval_clients": 8,
-        "fed.mu": 0.01, "train.local_steps": 8 if quick else 12, "eval.clips": 1, "eval.frames": 12,
-        "eval.sample_steps": 10, "runtime.resident_clients": 8,
+        "data.clips_per_client": CLIPS_PER_CLIENT, "data.unreliable_kinds": list(kinds),
+        "fed.rounds": rounds, "fed.clients_per_round": 4, "fed.eval_every": rounds if quick else rounds // 2,
+        "fed.eval_clients": 8, "fed.mu": 0.01, "train.local_steps": 8 if quick else 12, "eval.clips": 1,
+        "eval.frames": 8 if quick else 12, "eval.sample_steps": 10, "runtime.resident_clients": 8,
     }
     cohort = {
-        "data.num_clients": cohort_clients, "fed.sample_rate": cohort_rate, "fed.eval_clients": 16,
+        "data.num_clients": cohort_clients, "fed.sample_rate": cohort_rate, "fed.eval_clients": 8 if quick else 16,
         "data.resolution": 32, "data.clips_per_client": 2, "data.heldout_clips": 1, "data.frames_per_clip": 8,
         "model.unet_channels": [32, 32], "model.vae_channels": [16, 32], "model.backbone": "",
         "model.pose_warp": False, "model.audio_guidance": 1.0, "train.local_steps": 4, "eval.frames": 8,
-        "privacy.clipping_norm": 0.1, "runtime.resident_clients": 4,
+        "fed.rounds": 4 if quick else 8, "fed.eval_every": 4 if quick else 4,
+        "privacy.clipping_norm": COHORT_CLIP, "runtime.resident_clients": 4,
     }
-    pre = {"pretrain.vae_steps": 300 if quick else 600, "pretrain.unet_steps": 500 if quick else 1200,
+    pre = {"pretrain.vae_steps": 150 if quick else 600, "pretrain.unet_steps": 300 if quick else 1200,
            "data.public_identities": 32}
     return Grid(base=base, cohort=cohort, seeds=tuple(range(seeds or (1 if quick else 3))),
                 fractions=(0.0, 0.5) if quick else (0.0, 0.25, 0.5), epsilons=(0.0, 8.0) if quick else (0.0, 8.0, 2.0),
-                lambdas=(0.0, 0.1), cohort_pretrain=pre, dp_methods=("fedavg", "isfa") if quick else FEDERATED)
+                lambdas=(0.0, 0.1), cohort_pretrain=pre,
+                methods=("backbone", "local", "fedavg", "isfa") if quick else METHODS,
+                dp_methods=("fedavg",) if quick else FEDERATED)
 
 
 def dp_overrides(eps: float, *, rounds: int, sample_rate: float, delta: float = 1e-5) -> dict[str, Any]:
@@ -135,6 +151,11 @@ def dp_overrides(eps: float, *, rounds: int, sample_rate: float, delta: float = 
 
     z = calibrate_noise(target_epsilon=eps, sample_rate=sample_rate, rounds=rounds, delta=delta)
     return {"privacy.noise_multiplier": z, "privacy.target_delta": delta}
+
+
+def _eval_baseline(method: str) -> dict[str, Any]:
+    """Only the FedAvg run of a cell samples the backbone (its rows are the cell's ``backbone`` method)."""
+    return {} if method == "fedavg" else {"eval.baseline": False}
 
 
 def cells(grid: Grid) -> list[Cell]:
@@ -149,13 +170,15 @@ def cells(grid: Grid) -> list[Cell]:
     for seed in grid.seeds:
         for f in grid.fractions:
             for m in trained:
-                out.append(Cell("unreliable", f"{f:g}", m, seed, tuple({**grid.base,
-                                                                        "data.unreliable_fraction": f}.items())))
+                out.append(Cell("unreliable", f"{f:g}", m, seed, tuple({**grid.base, "data.unreliable_fraction": f,
+                                                                        **_eval_baseline(m)}.items())))
         for lam in grid.lambdas:
-            out.append(Cell("tdc", f"lambda{lam:g}", "isfa", seed, tuple({**grid.base, "train.lambda_tdc": lam}.items())))
+            out.append(Cell("tdc", f"lambda{lam:g}", "isfa", seed, tuple({**grid.base, "train.lambda_tdc": lam,
+                                                                          **_eval_baseline("isfa")}.items())))
         for level, dp in dp_levels:
             for m in grid.dp_methods:
-                out.append(Cell("dp", level, m, seed, tuple({**grid.base, **grid.cohort, **dp}.items())))
+                out.append(Cell("dp", level, m, seed, tuple({**grid.base, **grid.cohort, **dp,
+                                                             **_eval_baseline(m)}.items())))
     return out
 
 
@@ -165,11 +188,14 @@ def cohort_backbone(grid: Grid, config: Path, work: Path) -> Path:
     from pftray.config import load_config
     from pftray.model.pretrain import pretrain
 
-    out = work / "backbone-cohort.pt"
-    if out.exists():
-        return out
     cfg = load_config(config, [f"{k}={json.dumps(v)}" for k, v in {**grid.base, **grid.cohort,
                                                                    **grid.cohort_pretrain}.items()])
+    key = {k: v for k, v in cfg.to_dict().items() if k in ("data", "model", "pretrain")}
+    key["model"] = {k: v for k, v in key["model"].items() if k != "backbone"}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    out = work / f"backbone-cohort-{digest}.pt"  # --quick and the full grid pre-train differently
+    if out.exists():
+        return out
     t0 = time.perf_counter()
     pretrain(cfg, out)
     print(f"cohort backbone: {out} ({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -196,7 +222,30 @@ def run_cell(cell: Cell, config: Path, work: Path, *, backbone: Path | None, nam
     return path
 
 
-def unit_rows(cell: Cell, run_dir: Path, name: str) -> pd.DataFrame:
+def audit_cell(run_dir: Path, settings: dict[str, Any]) -> dict[str, float]:
+    """``pftray audit`` of a DP cell's run (kept in its ``audit.json``): the empirical epsilon lower bound and AUC
+    of the clip-level membership attack under the released shared adapter alone. Clips are a subset of a
+    client's data, so a valid client-level epsilon bounds this one too; like every audit it is a lower bound
+    (a weak attack gives a small one), and its train/held-out split is a fixed partition (see
+    :mod:`pftray.evaluation.audit`), so it is indicative."""
+    from pftray.evaluation.audit import audit_run
+
+    path = run_dir / "audit.json"
+    want = {"timesteps": [int(t) for t in settings["timesteps"]], "repeats": int(settings["repeats"])}
+    rep = json.loads(path.read_text()) if path.exists() else None
+    if rep is None or {k: rep["settings"].get(k) for k in want} != want:
+        if not (run_dir / "clients.parquet").exists():  # no client was ever sampled: nothing to attack
+            return {"audit_eps_lb": math.nan, "audit_auc": math.nan}
+        rep = audit_run(run_dir, timesteps=tuple(want["timesteps"]), repeats=want["repeats"], canaries=False)
+    shared = rep["clip_level_shared"]
+
+    def num(x: Any) -> float:
+        return math.inf if x == "inf" else (math.nan if x is None else float(x))
+
+    return {"audit_eps_lb": num(shared.get("eps_lb")), "audit_auc": num(shared.get("auc"))}
+
+
+def unit_rows(cell: Cell, run_dir: Path, name: str, audit: dict[str, float] | None = None) -> pd.DataFrame:
     """Per-client means over clips of the run's final evaluation: the trained method's ``personalised`` rows
     (and, from a FedAvg run, the ``backbone`` rows as method ``backbone``), with the ground-truth label."""
     from pftray.evaluation.ground_truth import unreliable_clients
@@ -220,8 +269,10 @@ def unit_rows(cell: Cell, run_dir: Path, name: str) -> pd.DataFrame:
     meta = res["meta"]
     rounds = res["rounds"]
     eps = float(rounds["epsilon"].iloc[-1]) if len(rounds) and "epsilon" in rounds else math.nan
+    audit = audit or {}
     return df.assign(factor=cell.factor, level=cell.level, seed=cell.seed, run=name,
                      unreliable=[labels.get(int(c), "") for c in df["client_id"]], epsilon=eps,
+                     audit_eps_lb=audit.get("audit_eps_lb", math.nan), audit_auc=audit.get("audit_auc", math.nan),
                      wall_s=float(meta.get("bench_wall_s", meta.get("wall_s", math.nan)) or math.nan))
 
 
@@ -345,9 +396,17 @@ def markdown(units: pd.DataFrame, aucs: pd.DataFrame | None = None, *, metrics=M
     dp = units[units["factor"] == "dp"]
     if not dp.empty:
         lines += ["## DP cells: privacy beside utility", "",
-                  "| level | method | accountant ε (client-level) |", "|---|---|---:|"]
+                  "Accountant: the run's client-level ε at its δ. Audit: `pftray audit`'s clip-level membership "
+                  "attack under the released shared adapter (members = training clips, non-members = held-out "
+                  "clips), its 95 % empirical ε lower bound and AUC, mean over seeds; a valid ε must be ≥ it.", "",
+                  "| level | method | accountant ε (client-level) | audit ε lower bound | audit AUC | "
+                  + " | ".join(metrics[:3]) + " |", "|---|---|---:|---:|---:|" + "---:|" * 3]
         for (level, method), g in dp.groupby(["level", "method"], sort=False):
-            lines.append(f"| {level} | {method} | {_fmt(float(g['epsilon'].max()), 2)} |")
+            runs = g.drop_duplicates("run")
+            util = " | ".join(_fmt(float(g[m].mean())) for m in metrics[:3])
+            lines.append(f"| {level} | {method} | {_fmt(float(g['epsilon'].max()), 2)} | "
+                         f"{_fmt(float(runs['audit_eps_lb'].mean()), 2)} | {_fmt(float(runs['audit_auc'].mean()))} "
+                         f"| {util} |")
         lines.append("")
     if aucs is not None and not aucs.empty:
         lines += ["## ISFA score AUC against the ground-truth unreliable label, per corruption kind", "",
@@ -459,7 +518,8 @@ def run_grid(grid: Grid, *, config: Path, work: Path, out: Path, factors: tuple[
             progress(f"[{i}/{len(todo)}] {cell.factor}={cell.level} {cell.method} seed {cell.seed}: "
                      f"{done[name]} ({time.perf_counter() - t0:.0f} s so far)")
         run_dirs[name] = done[name]
-        frames.append(unit_rows(cell, done[name], name))
+        audit = audit_cell(done[name], grid.audit) if cell.factor == "dp" and grid.audit else None
+        frames.append(unit_rows(cell, done[name], name, audit))
     units = pd.concat(frames, ignore_index=True)
     units.to_parquet(out / "units.parquet", index=False)
     aucs = reliability_aucs(units, run_dirs)

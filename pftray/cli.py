@@ -163,8 +163,10 @@ def cmd_data_prepare(args) -> int:
     src = Path(args.source)
     if not src.is_dir():
         raise InputError(f"--source {src}: not a folder of <speaker>/<clip>.mp4 files")
+    if args.heldout_clips < 0 or args.frames_per_clip < 1:
+        raise InputError("--heldout-clips must be >= 0 and --frames-per-clip >= 1")
     rep = prepare_dataset(src, Path(args.out), resolution=args.resolution, frames_per_clip=args.frames_per_clip,
-                          crop=args.crop, progress_bar=False if args.no_progress else None)
+                          heldout_clips=args.heldout_clips, crop=args.crop, progress_bar=False if args.no_progress else None)
     print(json.dumps(_jsonable(rep), indent=2, default=str))
     return 0
 
@@ -292,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True)
     q.add_argument("--resolution", type=int, default=64)
     q.add_argument("--frames-per-clip", type=int, default=16)
+    q.add_argument("--heldout-clips", type=int, default=1,
+                   help="the last K clips of each speaker (file-name order) are held out for evaluation")
     q.add_argument("--crop", choices=("face", "center"), default="face",
                    help="face: track the face and crop around it (default); center: centre square crop, for "
                         "videos that are already face crops")

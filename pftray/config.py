@@ -229,6 +229,9 @@ class EvalConfig:
     frames: int = _f(8, "frames generated per evaluated clip", range=(1, 10_000))
     sample_steps: int = _f(10, "DDIM steps when evaluating", range=(1, 1000))
     id_encoder: str = _f("", "SynthIdentityEncoder file for id_sim_synth ('' = not computed)")
+    baseline: bool = _f(True, "also sample the pre-trained backbone alone (model 'backbone') and copy the reference "
+                        "(model 'copy') in each evaluation; off halves its cost when another run on the same "
+                        "clients already gives those rows")
     local_baseline: bool = _f(False, "also train a local-only shadow of each evaluated client (both adapters on its "
                               "own clips, the same steps whenever it is sampled, nothing sent) and evaluate it as "
                               "model 'local' beside the personalised one")

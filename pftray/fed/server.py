@@ -340,7 +340,7 @@ class FederatedServer:
     # ----------------------------------------------------------------------------------------- evaluate
     def evaluate(self, r: int) -> dict[str, Any]:
         try:
-            rows = self.pool.evaluate(self.eval_ids, self.state.global_shared, r,
+            rows = self.pool.evaluate(self.eval_ids, self.state.global_shared, r, baseline=self.cfg.eval.baseline,
                                       save_dir=str(self.run.samples) if r == self.cfg.fed.rounds else None)
         except Exception as exc:  # evaluation must not kill training
             if isinstance(exc, KeyboardInterrupt):

@@ -28,7 +28,7 @@ def grid_result(tmp_path_factory):
                                               "data.frames_per_clip": 4})), config)
     grid = Grid(base={"data.unreliable_fraction": 0.0, "fed.rounds": 1, "fed.clients_per_round": 2,
                       "fed.eval_clients": 4},
-                cohort={"fed.sample_rate": 0.5, "privacy.clipping_norm": 0.5},
+                cohort={"fed.sample_rate": 0.9, "privacy.clipping_norm": 0.5},
                 seeds=(0,), fractions=(0.0, 0.5), epsilons=(8.0,), lambdas=(), methods=("backbone", "local", "fedavg"),
                 dp_methods=("fedavg",), cohort_pretrain={"pretrain.vae_steps": 1, "pretrain.unet_steps": 1,
                                                          "pretrain.warp_steps": 0})
@@ -89,8 +89,31 @@ def test_dp_cells_are_calibrated_to_the_accountants_epsilon(grid_result):
     dp = units[units["factor"] == "dp"]
     assert set(dp["level"]) == {"eps8"}
     eps = float(dp["epsilon"].iloc[0])
-    assert 7.0 < eps <= 8.0 + 1e-6  # 1 round at q = 0.5 with the calibrated z: the accountant's epsilon is <= 8
-    assert "accountant ε" in (root / "out" / "summary.md").read_text()
+    assert 7.0 < eps <= 8.0 + 1e-6  # 1 round at q = 0.9 with the calibrated z: the accountant's epsilon is <= 8
+    text = (root / "out" / "summary.md").read_text()
+    assert "accountant ε" in text
+    # the audit's lower bound beside it, from the run's own audit.json (written by pftray audit's code)
+    import json
+
+    run = root / "work" / "runs" / dp["run"].iloc[0]
+    rep = json.loads((run / "audit.json").read_text())
+    lb = rep["clip_level_shared"]["eps_lb"]
+    assert float(dp["audit_eps_lb"].iloc[0]) == pytest.approx(float(lb))
+    assert 0.0 <= float(lb) <= eps  # a valid epsilon is never below the audit's lower bound
+    row = next(ln for ln in text.split("## DP cells")[1].splitlines() if ln.startswith("| eps8 | fedavg |"))
+    assert f"| {eps:.2f} | {float(lb):.2f} |" in row
+
+
+def test_only_fedavg_runs_sample_the_backbone(grid_result):
+    import pandas as pd
+
+    grid, res, root, lines = grid_result
+    units = pd.read_parquet(root / "out" / "units.parquet")
+    u = units[(units["factor"] == "unreliable") & (units["level"] == "0")]
+    models = {m: set(pd.read_parquet(root / "work" / "runs" / u[u["method"] == m]["run"].iloc[0] / "eval.parquet")
+                     ["model"]) for m in ("local", "fedavg")}
+    assert models["fedavg"] >= {"personalised", "backbone", "copy"}
+    assert "backbone" not in models["local"] and "personalised" in models["local"]
 
 
 def test_a_second_call_keeps_finished_cells(grid_result, tmp_path):
