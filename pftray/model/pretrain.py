@@ -118,6 +118,36 @@ def check_public_source(cfg: Config) -> dict[str, Any]:
     return manifest
 
 
+def check_backbone_speakers(cfg: Config) -> None:
+    """Refuse a federated run whose clients include a speaker the backbone was pre-trained on.
+
+    ``pftray pretrain`` records the speakers of ``data.public_source`` in the backbone file
+    (``blob["pretrain"]["public_speakers"]``); when ``data.source`` is a prepared folder, a speaker in both is a
+    one-line :class:`ConfigError` naming ``model.backbone``: its held-out clips would not be unseen. Backbones of
+    the synthetic public identities, or without the record, are not checked (nothing to compare)."""
+    from pftray.config import ConfigError
+
+    d = cfg.data
+    if not cfg.model.backbone or d.source == "synthetic" or not (Path(d.source) / "manifest.json").is_file():
+        return
+    try:
+        blob = torch.load(cfg.model.backbone, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ConfigError(f"model.backbone: {cfg.model.backbone!r}: no such file (make it with `pftray pretrain`)") \
+            from None
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a corrupt file
+        raise ConfigError(f"model.backbone: {cfg.model.backbone!r}: unreadable ({type(exc).__name__})") from None
+    names = (blob.get("pretrain") or {}).get("public_speakers") if isinstance(blob, dict) else None
+    if not names:
+        return
+    clients = {str(c.get("speaker")) for c in _manifest(Path(d.source), "data.source")["clients"]}
+    shared = sorted(clients & {str(n) for n in names})
+    if shared:
+        raise ConfigError(f"model.backbone: {cfg.model.backbone!r} was pre-trained on speaker {shared[0]!r}, which "
+                          f"is also a client of data.source {d.source!r} ({len(shared)} shared); pre-train on "
+                          "speakers disjoint from the federated clients")
+
+
 def public_speakers(cfg: Config) -> list:
     """The speakers of ``data.public_source`` (checked by :func:`check_public_source`), one
     :class:`pftray.data.types.ClientData` each, in the manifest's order."""

@@ -219,6 +219,9 @@ def run_federated(cfg: Config | None = None, *, out: str | None = None, resume: 
         run.update_meta(status="running", resumed=datetime.now().isoformat(timespec="seconds"))
     else:
         assert cfg is not None
+        from pftray.model.pretrain import check_backbone_speakers
+
+        check_backbone_speakers(cfg)  # before anything is written
         run = new_run_dir(cfg, out)
         prepare_run(cfg, run)
     t0 = time.perf_counter()

@@ -261,3 +261,22 @@ def test_pftray_config_on_a_preset_without_its_data_is_one_line_naming_the_folde
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "data.public_source" in lines[0] and "nowhere" in lines[0] and "no such folder" in lines[0]
+
+
+def test_a_run_on_a_client_the_backbone_was_pretrained_on_is_refused_before_anything_is_written(public, full_run,
+                                                                                                 tmp_path):
+    from pftray.model.pretrain import check_backbone_speakers
+    from pftray.runtime.driver import run_federated
+
+    backbone = full_run[0]  # pre-trained on SPEAKERS, recorded in the file
+    clients = write_prepared(tmp_path / "clients", ["spk_dee", SPEAKERS[2]], first_client=3)
+    cfg = config_from_dict(tiny_dict(**{"data.source": str(clients), "data.num_clients": 2,
+                                        "model.backbone": str(backbone)}))
+    with pytest.raises(ConfigError, match=r"^model\.backbone: .* was pre-trained on speaker 'spk_cyd', which is "
+                                          r"also a client of data\.source") as err:
+        run_federated(cfg, out=str(tmp_path / "run"), use_ray=False)
+    assert "\n" not in str(err.value) and not (tmp_path / "run").exists()
+    disjoint = write_prepared(tmp_path / "others", ["spk_dee", "spk_eli"], first_client=3)
+    check_backbone_speakers(cfg.replace(**{"data.source": str(disjoint)}))  # accepted
+    synthetic = config_from_dict(tiny_dict(**{"model.backbone": str(backbone)}))
+    check_backbone_speakers(synthetic)  # synthetic clients: nothing to compare
