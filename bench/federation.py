@@ -1,8 +1,8 @@
 """The federated benchmark: does each part of PrivFedTalk do something? One command runs the grid and writes the answer.
 
 The grid is built around one **default cell** (the quickstart model and backbone on the synthetic *shifted*
-scenario, ``data.shift_severity`` = ``--severity``, no unreliable clients, no DP, TDC at the quickstart's weight)
-and varies **one factor at a time**, never the full product:
+scenario, ``data.shift_severity`` = ``--severity``, 8 clients of :data:`CLIPS_PER_CLIENT` training clips, no
+unreliable clients, no DP, TDC at the quickstart's weight) and varies **one factor at a time**, never the full product:
 
 * ``unreliable``: the methods and baselines (``backbone``, ``local``, ``fedavg``, ``fedprox``, ``isfa``,
   ``pooled``) x ``data.unreliable_fraction`` in {0, 0.25, 0.5};
@@ -23,15 +23,20 @@ kept and an interrupted one resumes from its checkpoint, so the command is resum
 * ``summary.md``: per factor, mean +- 95 % t-interval over (seed, client) units, and paired tests (t and Wilcoxon)
   of each method against FedAvg and against local-only on the same units; for the unreliable factor, the metrics
   over the **reliable** clients only and over the unreliable ones only, and the AUC of ISFA's score per corruption
-  kind (:mod:`pftray.evaluation.reliability`); for the DP cells, the accountant's epsilon beside the utility;
+  kind (:mod:`pftray.evaluation.reliability`); for the DP cells, the accountant's epsilon and ``pftray audit``'s
+  clip-level empirical epsilon lower bound beside the utility;
 * ``rounds.png`` (quality against rounds per method) and ``utility_vs_epsilon.png``.
 
     python -m bench federation [--quick] [--work runs/bench-federation] [--out bench/results/federation]
 
-``--quick`` is a small grid for a first answer (1 seed, so its intervals are over clients only; 6 rounds of 8
-local steps; fractions {0, 0.5}; DP {off, epsilon ~ 8} for FedAvg and ISFA); the full grid is a benchmark, not
-CI. ``tests/bench/test_bench_federation.py`` runs the
-machinery on a tiny grid and recomputes the table from the Parquet.
+``--quick`` is a small grid for a first answer: 1 seed (its intervals are over clients only); backbone,
+local-only, FedAvg and ISFA; 6 rounds of 8 local steps evaluated once, at the end, on 8 frames; fractions {0, 0.5};
+TDC {0, default}; DP {off, epsilon ~ 8} for FedAvg on a 4-round cohort with a smaller cohort backbone. The full grid
+is a benchmark, not CI. ``tests/bench/test_bench_federation.py`` runs the machinery on a tiny grid and recomputes
+the table from the Parquet.
+
+Cost. Evaluation dominates a run (an evaluation of 8 clients costs about four rounds), so only the FedAvg run of a
+cell samples the backbone (``eval.baseline``), and the DP cells' audit uses 2 noise draws x 2 timesteps.
 """
 
 from __future__ import annotations

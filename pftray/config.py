@@ -101,6 +101,9 @@ class ModelConfig:
     audio_guidance: float = _f(1.0, "classifier-free guidance on the audio when sampling: out = uncond + s * (cond - "
                                "uncond); 1 = off (one UNet call per step), > 1 strengthens what the audio drives (the "
                                "mouth); needs audio_dropout > 0", range=(0.0, 50.0))
+    sample_temperature: float = _f(1.0, "scale of the initial DDIM noise when sampling: 1 = a sample of the model, < 1 "
+                                   "trades diversity for fidelity towards the model's most likely frames, 0 = the "
+                                   "deterministic trajectory from zero noise", range=(0.0, 1.0))
     gradient_checkpointing: bool = _f(False, "trade compute for memory on GPUs")
 
 

@@ -288,13 +288,14 @@ class TalkingHeadModel(nn.Module):
     @torch.no_grad()
     def sample(self, reference: torch.Tensor, audio_feats: torch.Tensor, pose: torch.Tensor, *, steps: int = 10,
                generator: torch.Generator | None = None, shared_noise: bool = True,
-               guidance: float | None = None) -> torch.Tensor:
+               guidance: float | None = None, temperature: float | None = None) -> torch.Tensor:
         """Generate frames ``[T, 3, H, W]`` in [-1, 1] for one clip with DDIM.
 
         ``reference`` is ``[3, H, W]``; ``audio_feats`` ``[T, A, M]``; ``pose`` ``[T, 4]``. With ``shared_noise``
         every frame starts from the same initial noise, which removes most sampling flicker. ``guidance``
         (default ``model.audio_guidance``) != 1 applies classifier-free guidance on the audio (Ho & Salimans 2022):
         ``out = out(null audio) + guidance * (out(audio) - out(null audio))``, same reference and pose.
+        ``temperature`` (default ``model.sample_temperature``) scales the initial noise (1 = the model's sample).
         """
         guidance = self.mcfg.audio_guidance if guidance is None else guidance
         guided = guidance != 1.0
@@ -306,7 +307,10 @@ class TalkingHeadModel(nn.Module):
         ddim.set_timesteps(steps, device=device)
         ref_feat = self.reference_features(reference[None]).expand(n, -1, -1, -1)
         shape = (1 if shared_noise else n, self.latent_channels, self.latent_size, self.latent_size)
+        temperature = self.mcfg.sample_temperature if temperature is None else temperature
         x = torch.randn(shape, generator=generator, device="cpu").to(device).expand(n, -1, -1, -1).contiguous()
+        if temperature != 1.0:
+            x = x * temperature
         tokens, ref_in, pose_in = self.cond(audio_feats, pose, ref_feat), ref_feat, pose
         if guided:  # one batched UNet call per step: [conditional; null audio]
             null = self.cond(audio_feats, pose, ref_feat, torch.ones(n, dtype=torch.bool, device=device))

@@ -230,6 +230,31 @@ def test_audio_guidance_interpolates_between_null_and_real_audio():
         no_null.sample(ref, audio, pose, steps=2, guidance=2.0)
 
 
+def test_sample_temperature_scales_the_initial_noise():
+    from pftray.model.generator import TalkingHeadModel
+
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    model = TalkingHeadModel(cfg.model, cfg.data).eval()
+    res, n = cfg.data.resolution, 3
+    ref = torch.rand(3, res, res) * 2 - 1
+    audio, pose = torch.randn(n, cfg.data.audio_window, cfg.data.n_mels), torch.randn(n, 4) * 0.1
+
+    def run(seed, **kw):
+        return model.sample(ref, audio, pose, steps=3, generator=torch.Generator().manual_seed(seed), **kw)
+
+    assert torch.equal(run(1), run(1, temperature=1.0))  # the default is the model's sample, bit for bit
+    assert (run(1) - run(2)).abs().max() > 1e-3  # ... which depends on the noise
+    torch.testing.assert_close(run(1, temperature=0.0), run(2, temperature=0.0), rtol=0, atol=0)  # deterministic
+    half = run(1, temperature=0.5)
+    assert (half - run(1)).abs().max() > 1e-4 and (half - run(1, temperature=0.0)).abs().max() > 1e-4
+    # the config default reaches sample()
+    cold = TalkingHeadModel(tiny_config(**{"model.sample_temperature": 0.0}).model, cfg.data).eval()
+    cold.load_state_dict(model.state_dict())
+    torch.testing.assert_close(cold.sample(ref, audio, pose, steps=3, generator=torch.Generator().manual_seed(7)),
+                               run(1, temperature=0.0), rtol=0, atol=0)
+
+
 def test_audio_dropout_one_makes_the_loss_blind_to_the_audio(cfg, client):
     from pftray.data import clips_to_batch
     from pftray.model.generator import TalkingHeadModel
