@@ -67,7 +67,8 @@ class Steps:
             raise SystemExit(f"[{name}] exit {proc.returncode} after {wall:.0f} s; see {log}:\n"
                              + proc.stdout[-2000:])
         self.times[name] = wall
-        self.path.write_text(json.dumps(self.times, indent=2))
+        on_disk = json.loads(self.path.read_text()) if self.path.exists() else {}  # another resolution's steps
+        self.path.write_text(json.dumps({**on_disk, **self.times}, indent=2))
         print(f"[{name}] {wall:.0f} s", flush=True)
         return wall
 
@@ -264,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = Steps(work / f"times-{res}.json")
     public, clients = work / f"public-{res}", work / f"clients-{res}"
     tag = "" if not args.set else "-" + "-".join(s.replace("=", "").replace(".", "_") for s in args.set)[:40]
-    backbone = REPO / "checkpoints" / f"backbone-real{res}{tag}.pt"
+    backbone = work / f"backbone-real{res}{tag}.pt"
     run_dir = work / "runs" / f"real{res}{tag}"
     sets = [f"data.source={clients}", f"data.public_source={public}", f"model.backbone={backbone}", *args.set]
     setargs = [x for s in sets for x in ("--set", s)]

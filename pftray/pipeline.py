@@ -330,7 +330,8 @@ def pose_from_video(path: str | os.PathLike[str], num_frames: int) -> np.ndarray
     detection per frame (:class:`pftray.data.facetrack.FaceDetector`) and the smoothed track
     (:func:`pftray.data.facetrack.smooth_track`); (2) the tracked face cropped (:func:`crop_frame`, the ingestion
     margin) and its 68 landmarks (:func:`pftray.data.landmarks.landmarks_for_frames`) -> yaw, pitch, roll
-    (:func:`head_pose`, :func:`pose_to_unit`) and blink (eye aspect ratio relative to the video's median). A track
+    (:func:`head_pose`, :func:`pose_to_unit`), relative to the video's median head pose, and blink (eye aspect
+    ratio relative to the video's median). A track
     shorter than ``T`` is played forwards-backwards (:func:`fit_track`).
     """
     import av
@@ -361,7 +362,10 @@ def pose_from_video(path: str | os.PathLike[str], num_frames: int) -> np.ndarray
     except av.FFmpegError as err:
         raise InputError(f"--pose-video {p}: cannot decode ({type(err).__name__}: {err})") from err
     pose = np.zeros((len(lm), 4), np.float32)
-    pose[:, :3] = landmarks.pose_to_unit(landmarks.head_pose(lm, POSE_CROP_SIDE))
+    angles = landmarks.pose_to_unit(landmarks.head_pose(lm, POSE_CROP_SIDE))
+    # relative to the driving video's median head pose, as a prepared clip's pose is relative to its reference
+    # frame: the reference is animated by the driving head's motion, not moved to the driving head's pose
+    pose[:, :3] = np.clip(angles - np.median(angles, axis=0), -1.0, 1.0)
     pose[:, 3] = landmarks.blink_from_ear(landmarks.eye_aspect_ratio(lm))
     return fit_track(pose, num_frames).astype(np.float32)
 

@@ -16,8 +16,10 @@ What each file goes through (the manifest's ``fields`` says the same for each st
 * **Landmarks, pose, blink, mouth** (:mod:`pftray.data.landmarks`): 68 dlib landmarks predicted on each crop
   (cut at ``max(resolution, LANDMARK_SIDE)`` px for the prediction, with the tracked face box as dlib's
   rectangle; ``crop="center"``: the crop's centre, refined), stored in ``Clip.extras["landmarks"]`` in the
-  crop's pixel coordinates at ``resolution``; ``pose[:, :3]`` = weak-perspective PnP yaw, pitch, roll / 45 deg;
-  ``pose[:, 3]`` = blink from the eye aspect ratio relative to the file's median; ``mouth`` = inner-lip gap
+  crop's pixel coordinates at ``resolution``; ``pose[:, :3]`` = weak-perspective PnP yaw, pitch, roll / 45 deg,
+  **relative to the speaker's reference frame** (the frame's angles minus the reference's, clipped to [-1, 1]: the
+  model animates the reference, so pose 0 means "as in the reference"; the reference's own angles are the
+  client's ``reference_pose`` in the manifest); ``pose[:, 3]`` = blink from the eye aspect ratio relative to the file's median; ``mouth`` = inner-lip gap
   over mouth width, mapped to [0, 1]; ``mouth_box`` = the lip landmarks' box with a margin.
 * **Reference frame.** Frame 0 of each speaker's first usable video is held out of all clips; the reference
   is the candidate frame (that frame and every video's tail frames that do not fill a clip) with the most
@@ -52,7 +54,10 @@ from pftray.data.types import SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS, ClientD
 from pftray.errors import InputError
 
 MANIFEST_FORMAT = "pftray.prepared-dataset"
-MANIFEST_VERSION = 2  # 2: face tracking, landmark signals, extras["landmarks"], per-file records, fields
+MANIFEST_VERSION = 3  # 2: face tracking, landmark signals, extras["landmarks"], per-file records, fields;
+#                       3: head pose relative to the reference frame (manifest "pose_frame"), clients' reference_pose
+#: what ``pose[:, :3]`` is measured against in a manifest (absent in versions < 3: the camera, "absolute")
+POSE_FRAME = "reference"
 CROP_MODES = ("face", "center")
 LANDMARK_SIDE = 192  # crops are cut at least this large for landmark prediction, then resized to `resolution`
 MIN_FACE_FRACTION = 0.5  # a file needs a detected face in at least this fraction of its 25-fps frames
@@ -75,6 +80,7 @@ class PreparedClient:
     heldout_clips: int
     train_frames: int
     files: int
+    reference_pose: list[float] | None = None  # yaw, pitch, roll, blink of the reference frame (Clip.pose units)
 
 
 @dataclass
@@ -300,7 +306,8 @@ def _fields(crop: str, resolution: int) -> dict[str, str]:
         "pose": (
             "float32 [T,4]: yaw, pitch, roll = weak-perspective PnP fit (scipy least_squares) of a 12-point mean 3-D "
             "face to the landmarks, radians / (pi/4) clipped to [-1,1] (yaw>0 face turned to image right, pitch>0 "
-            "chin up, roll>0 clockwise); blink = eye aspect ratio mapped to [0,1] between the file's median "
+            "chin up, roll>0 clockwise), minus those of the client's reference frame (its reference_pose) and "
+            "clipped to [-1,1] again: 0 = the reference's head pose; blink = eye aspect ratio mapped to [0,1] between the file's median "
             f"(open, 0) and 0.45x that (closed, 1); {lm}"
         ),
         "mouth": (
@@ -397,7 +404,8 @@ def prepare_dataset(
                     sig = landmark_signals(dec.landmarks, resolution)
                     neutral = sig["mouth"] + sig["pose"][:, 3] + np.abs(sig["pose"][:, :3]).mean(axis=1)
                     tail = range(offset + count * frames_per_clip, len(video))
-                    candidates.extend((video[i], float(neutral[i])) for i in [*range(offset), *tail])
+                    candidates.extend((video[i], float(neutral[i]), sig["pose"][i].copy())
+                                      for i in [*range(offset), *tail])
                     for k in range(count):
                         s = offset + k * frames_per_clip
                         w = slice(s, s + frames_per_clip)
@@ -439,10 +447,13 @@ def prepare_dataset(
                 continue
             idx = len(report.clients)
             split = len(clips) - heldout_clips
+            ref_frame, _, ref_pose = min(candidates, key=lambda c: c[1])
+            for clip in clips:  # head pose relative to the reference frame (see the module docstring)
+                clip.pose[:, :3] = np.clip(clip.pose[:, :3] - ref_pose[None, :3], -1.0, 1.0)
             client = ClientData(
                 client_id=idx,
                 identity=spk.name,
-                reference=min(candidates, key=lambda c: c[1])[0].copy(),
+                reference=ref_frame.copy(),
                 train=clips[:split],
                 heldout=clips[split:],
                 unreliable=None,
@@ -458,6 +469,7 @@ def prepare_dataset(
                     heldout_clips=heldout_clips,
                     train_frames=client.num_examples,
                     files=used_files,
+                    reference_pose=[round(float(v), 6) for v in ref_pose],
                 )
             )
     finally:
@@ -472,6 +484,7 @@ def prepare_dataset(
         "n_mels": n_mels,
         "audio_window": audio_window,
         "crop": crop,
+        "pose_frame": POSE_FRAME,
         "methods": _methods(),
         "fields": _fields(crop, resolution),
         "clients": [asdict(c) for c in report.clients],

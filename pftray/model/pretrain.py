@@ -109,7 +109,14 @@ def check_public_source(cfg: Config) -> dict[str, Any]:
             raise ConfigError(f"data.public_source: {d.public_source!r} is also data.source; the public speakers "
                               "of pre-training must be disjoint from the federated clients")
         if (src / "manifest.json").is_file():
-            clients = {str(c.get("speaker")) for c in _manifest(src, "data.source")["clients"]}
+            src_manifest = _manifest(src, "data.source")
+            frames = {k: m.get("pose_frame", "absolute") for k, m in (("public", manifest), ("source", src_manifest))}
+            if frames["public"] != frames["source"]:
+                raise ConfigError(f"data.public_source: {d.public_source!r} measures head pose against the "
+                                  f"{frames['public']} frame but data.source {d.source!r} against the "
+                                  f"{frames['source']} one (prepared by different pftray versions); prepare both "
+                                  "again with `pftray data prepare`")
+            clients = {str(c.get("speaker")) for c in src_manifest["clients"]}
             shared = sorted(clients & {str(c.get("speaker")) for c in manifest["clients"]})
             if shared:
                 raise ConfigError(f"data.public_source: speaker {shared[0]!r} is also a client of data.source "

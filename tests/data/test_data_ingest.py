@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from pftray import faces
+from pftray.data import landmarks
 from pftray.data.audio import frame_energy
 from pftray.data.ingest import decode_video, load_prepared_dataset, prepare_dataset
 from pftray.data.landmarks import FACE_FRACTION
@@ -145,6 +146,10 @@ def test_good_files_become_shards_of_face_centred_crops(prepared):
             assert np.abs(jaw / FACE_FRACTION - 1).max() < 0.25
             # Signals from the landmarks: a still, frontal, closed-eyes-never astronaut.
             assert np.all(np.abs(clip.pose[:, :3]) < 0.5) and np.all(clip.pose[:, 3] < 0.5)
+            # the head pose is relative to the reference frame's: recomputed from the stored landmarks
+            ref_pose = np.asarray(report.clients[k].reference_pose, np.float32)
+            absolute = landmarks.pose_to_unit(landmarks.head_pose(lm, RES))
+            np.testing.assert_allclose(clip.pose[:, :3], np.clip(absolute - ref_pose[:3], -1, 1), atol=1e-4)
             assert np.all((clip.mouth >= 0) & (clip.mouth <= 1)) and np.ptp(clip.mouth) < 0.2
             y0, y1, x0, x1 = clip.mouth_box.T
             mouth = lm[:, 48:68]
@@ -153,7 +158,9 @@ def test_good_files_become_shards_of_face_centred_crops(prepared):
             assert np.all((y0 + y1) / 2 > 0.55 * RES) and np.all(y1 <= RES)  # below the face centre
         assert all(not np.array_equal(c.reference, f) for clip in c.train + c.heldout for f in clip.frames)
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["version"] == 2 and manifest["crop"] == "face"
+    assert manifest["version"] == 3 and manifest["crop"] == "face" and manifest["pose_frame"] == "reference"
+    assert all(len(c["reference_pose"]) == 4 for c in manifest["clients"])
+    assert "reference_pose" in manifest["fields"]["pose"]
     assert [c["shard"] for c in manifest["clients"]] == ["client-0.parquet", "client-1.parquet"]
     assert {s["path"] for s in manifest["skipped"]} == {s.path for s in report.skipped}
     assert set(manifest["fields"]) >= {"frames", "audio", "audio_feats", "pose", "mouth", "mouth_box",

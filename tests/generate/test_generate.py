@@ -229,6 +229,7 @@ def test_pose_from_a_driving_video_follows_the_head(tmp_path):
     assert np.abs(pose[:, :3]).max() <= 1.0 and (pose[:, 3] >= 0).all() and (pose[:, 3] <= 1).all()
     roll = pose[:6, 2]
     assert np.corrcoef(roll, angles)[0, 1] < -0.9  # roll > 0 is clockwise as displayed
+    assert np.median(roll) == pytest.approx(0.0, abs=1e-6)  # relative to the driving head's median pose
     np.testing.assert_array_equal(pose[6:, 2], pose[[4, 3, 2], 2])  # played back after the end
 
 

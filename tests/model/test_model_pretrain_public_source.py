@@ -48,7 +48,8 @@ def write_prepared(folder: Path, speakers, *, resolution=32, frames=8, first_cli
         save_client_shard(c, folder / f"client-{i}.parquet")
         entries.append({"client_id": i, "speaker": name, "shard": f"client-{i}.parquet", "train_clips": len(c.train),
                         "heldout_clips": len(c.heldout), "train_frames": c.num_examples, "files": 1})
-    manifest = {"format": MANIFEST_FORMAT, "version": 2, "source": "test", "resolution": resolution,
+    manifest = {"format": MANIFEST_FORMAT, "version": 3, "pose_frame": "reference", "source": "test",
+                "resolution": resolution,
                 "frames_per_clip": frames, "heldout_clips": 1, "n_mels": n_mels, "audio_window": window,
                 "crop": "center", "clients": entries, "skipped": [], "files": []}
     (folder / "manifest.json").write_text(json.dumps(manifest))
@@ -175,6 +176,17 @@ def test_a_public_speaker_that_is_also_a_client_is_refused_naming_both_keys(publ
     assert "\n" not in str(err.value) and not (tmp_path / "bb.pt.partial").exists()
     disjoint = write_prepared(tmp_path / "others", ["spk_dee", "spk_eli"], first_client=3)
     check_public_source(cfg_for(public, **{"data.source": str(disjoint), "data.num_clients": 2}))  # accepted
+
+
+def test_folders_with_different_head_pose_frames_are_refused(public, tmp_path):
+    clients = write_prepared(tmp_path / "clients", ["spk_dee", "spk_eli"], first_client=3)
+    manifest = json.loads((clients / "manifest.json").read_text())
+    del manifest["pose_frame"]  # prepared before head pose was made relative to the reference (version 2)
+    (clients / "manifest.json").write_text(json.dumps(manifest))
+    cfg = cfg_for(public, **{"data.source": str(clients), "data.num_clients": 2})
+    with pytest.raises(ConfigError, match=r"^data\.public_source: .* against the reference frame but data\.source "
+                                          r".* against the absolute one"):
+        check_public_source(cfg)
 
 
 def test_the_same_folder_as_public_source_and_source_is_refused(public, tmp_path):
