@@ -129,7 +129,8 @@ def default_grid(*, quick: bool, severity: float, seeds: int | None = None, coho
         "data.clips_per_client": CLIPS_PER_CLIENT, "data.unreliable_kinds": list(kinds),
         "fed.rounds": rounds, "fed.clients_per_round": 4, "fed.eval_every": rounds if quick else rounds // 2,
         "fed.eval_clients": 8, "fed.mu": 0.01, "train.local_steps": 8 if quick else 12, "eval.clips": 1,
-        "eval.frames": 8 if quick else 12, "eval.sample_steps": 10, "runtime.resident_clients": 8,
+        "eval.frames": 8 if quick else 12, "eval.sample_steps": 10, "eval.local_baseline": False,
+        "runtime.resident_clients": 8,
     }
     cohort = {
         "data.num_clients": cohort_clients, "fed.sample_rate": cohort_rate, "fed.eval_clients": 8 if quick else 16,
