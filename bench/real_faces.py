@@ -138,7 +138,8 @@ def mouth_vs_energy(video: Path, audio: Path, resolution: int) -> dict[str, Any]
     energy = energy_envelope(wave, len(frames))
     r = float(np.corrcoef(mouth, energy)[0, 1]) if mouth.std() > 0 else math.nan
     r_rev = float(np.corrcoef(mouth, energy[::-1])[0, 1]) if mouth.std() > 0 else math.nan
-    return {"video": str(video), "frames": int(len(frames)), "video_s": len(frames) / 25.0, "audio_file_s": duration,
+    shown = video.relative_to(REPO) if video.is_relative_to(REPO) else video
+    return {"video": str(shown), "frames": int(len(frames)), "video_s": len(frames) / 25.0, "audio_file_s": duration,
             "audio_stream_s": audio_s, "audio_streams": n_audio, "r_mouth_energy": r, "r_reversed_control": r_rev,
             "mouth_openness_std": float(mouth.std())}
 
