@@ -127,13 +127,9 @@ def mouth_vs_energy(video: Path, audio: Path, resolution: int) -> dict[str, Any]
 
     frames, audio_s, n_audio = video_frames(video)
     wave, duration = load_audio(audio)
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
     if frames.shape[1] != resolution:  # written upscaled: landmarks at the model's resolution are what we read
-        import torch.nn.functional as F
-
-        x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
-        x = F.interpolate(x, size=(resolution, resolution), mode="area")
-    else:
-        x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
+        x = torch.nn.functional.interpolate(x, size=(resolution, resolution), mode="area")
     mouth = mouth_openness(predict_landmarks(x)).astype(np.float64)
     energy = energy_envelope(wave, len(frames))
     r = float(np.corrcoef(mouth, energy)[0, 1]) if mouth.std() > 0 else math.nan
