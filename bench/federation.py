@@ -7,9 +7,10 @@ unreliable clients, no DP, TDC at the quickstart's weight) and varies **one fact
 * ``unreliable``: the methods and baselines (``backbone``, ``local``, ``fedavg``, ``fedprox``, ``isfa``,
   ``pooled``) x ``data.unreliable_fraction`` in {0, 0.25, 0.5};
 * ``dp``: the federated methods x client-level DP {off, epsilon ~ 8, epsilon ~ 2} on a **cohort** of
-  ``--cohort-clients`` registered clients (>= 100) with Poisson rate ``--cohort-rate`` (>= 20 expected per round), at
-  32 px with a small UNet and its own backbone, pre-trained here once on the public identities (cached); every
-  cohort cell clips client updates at the same ``privacy.clipping_norm``, so DP changes only the noise;
+  ``--cohort-clients`` registered clients (>= 100) with Poisson rate ``--cohort-rate`` (>= 20 expected per round), with
+  the default cell's 64 px model and backbone, 1 training clip and 4 local steps per client (a 32 px cohort with a
+  small UNet of its own learned nothing measurable even without DP, so it could not show DP's cost); every cohort
+  cell clips client updates at the same ``privacy.clipping_norm``, so DP changes only the noise;
 * ``tdc``: ISFA with ``train.lambda_tdc`` in {0, the default};
 
 each with ``--seeds`` seeds (>= 3). ``backbone`` is not trained: its rows are the ``backbone`` rows of the FedAvg
@@ -31,7 +32,7 @@ kept and an interrupted one resumes from its checkpoint, so the command is resum
 
 ``--quick`` is a small grid for a first answer: 1 seed (its intervals are over clients only); backbone,
 local-only, FedAvg and ISFA; 6 rounds of 8 local steps evaluated once, at the end, on 8 frames; fractions {0, 0.5};
-TDC {0, default}; DP {off, epsilon ~ 8} for FedAvg on a 4-round cohort with a smaller cohort backbone. The full grid
+TDC {0, default}; DP {off, epsilon ~ 8} for FedAvg on a 4-round cohort. ``--jobs 2`` runs two cells at a time. The full grid
 is a benchmark, not CI. ``tests/bench/test_bench_federation.py`` runs the machinery on a tiny grid and recomputes
 the table from the Parquet.
 
@@ -101,6 +102,8 @@ class Grid:
     lambdas: tuple[float, ...]
     methods: tuple[str, ...] = METHODS
     dp_methods: tuple[str, ...] = FEDERATED
+    #: pre-training overrides of a backbone of the cohort's own (for a cohort whose model differs from the base
+    #: config's); empty (the default grids) = the cohort cells use the base config's ``model.backbone``
     cohort_pretrain: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: ``pftray audit`` settings for the DP cells (None = no audit)
     audit: dict[str, Any] | None = dataclasses.field(default_factory=lambda: dict(AUDIT))
@@ -113,12 +116,13 @@ AUDIT = {"timesteps": (100, 500), "repeats": 2}
 #: training clips per client in the synthetic grid: few, so that one client's clips undersample the shared shift
 #: (a local-only model sees 2 audio tracks; the federation's shared adapter sees every sampled client's)
 CLIPS_PER_CLIENT = 2
-#: the cohort's client update clip C: about the median norm of its clients' unclipped updates (0.6-0.8 at 4 local
-#: steps, measured), so that clipping alone costs little and DP changes only the noise
-COHORT_CLIP = 0.7
+#: the cohort's client update clip C: about the median norm of its clients' unclipped updates (0.33-0.68, median
+#: 0.44 at 4 local steps on the 64 px default model, measured), so that clipping alone costs little and DP changes
+#: only the noise
+COHORT_CLIP = 0.45
 
-#: the corruption kinds of the unreliable factor: the ones that damage a talking-head model's shared adapter
-HARMFUL_KINDS = ("swapped_audio", "heavy_offset", "wrong_identity")
+#: the corruption kinds of the unreliable factor: the ones that damage a talking-head model's conditioning
+HARMFUL_KINDS = ("swapped_audio", "heavy_offset", "wrong_identity", "channel_swap")
 
 
 def default_grid(*, quick: bool, severity: float, seeds: int | None = None, cohort_clients: int = 100,
@@ -132,19 +136,17 @@ def default_grid(*, quick: bool, severity: float, seeds: int | None = None, coho
         "eval.frames": 8 if quick else 12, "eval.sample_steps": 10, "eval.local_baseline": False,
         "runtime.resident_clients": 8,
     }
+    # the cohort is the default cell's model, backbone and resolution with 100 registered clients of 1 clip each
+    # (a client's update is cheap: 4 local steps), so that DP's cost is measured on a model that learns
     cohort = {
-        "data.num_clients": cohort_clients, "fed.sample_rate": cohort_rate, "fed.eval_clients": 8 if quick else 16,
-        "data.resolution": 32, "data.clips_per_client": 2, "data.heldout_clips": 1, "data.frames_per_clip": 8,
-        "model.unet_channels": [32, 32], "model.vae_channels": [16, 32], "model.backbone": "",
-        "model.pose_warp": False, "model.audio_guidance": 1.0, "train.local_steps": 4, "eval.frames": 8,
-        "fed.rounds": 4 if quick else 8, "fed.eval_every": 4 if quick else 4,
-        "privacy.clipping_norm": COHORT_CLIP, "runtime.resident_clients": 4,
+        "data.num_clients": cohort_clients, "fed.sample_rate": cohort_rate, "fed.eval_clients": 8,
+        "data.clips_per_client": 1, "data.heldout_clips": 1, "train.local_steps": 4,
+        "fed.rounds": 4 if quick else 8, "fed.eval_every": 4, "privacy.clipping_norm": COHORT_CLIP,
+        "runtime.resident_clients": 4,
     }
-    pre = {"pretrain.vae_steps": 150 if quick else 600, "pretrain.unet_steps": 300 if quick else 1200,
-           "data.public_identities": 32}
     return Grid(base=base, cohort=cohort, seeds=tuple(range(seeds or (1 if quick else 3))),
                 fractions=(0.0, 0.5) if quick else (0.0, 0.25, 0.5), epsilons=(0.0, 8.0) if quick else (0.0, 8.0, 2.0),
-                lambdas=(0.0, 0.1), cohort_pretrain=pre,
+                lambdas=(0.0, 0.1),
                 methods=("backbone", "local", "fedavg", "isfa") if quick else METHODS,
                 dp_methods=("fedavg",) if quick else FEDERATED)
 
@@ -190,7 +192,8 @@ def cells(grid: Grid) -> list[Cell]:
 
 # ------------------------------------------------------------------------------------------------ running
 def cohort_backbone(grid: Grid, config: Path, work: Path) -> Path:
-    """The DP cohort's 32 px backbone, pre-trained once on the public identities (resumable, cached)."""
+    """A backbone of the DP cohort's own (``grid.cohort_pretrain``), pre-trained once on the public identities
+    (cached under ``work``)."""
     from pftray.config import load_config
     from pftray.model.pretrain import pretrain
 
@@ -300,7 +303,7 @@ def ci_table(units: pd.DataFrame, metrics=METRICS) -> pd.DataFrame:
 def paired_vs(units: pd.DataFrame, metrics=METRICS, references=REFERENCES) -> pd.DataFrame:
     """Paired tests of each method against each reference method, within each (factor, level), over the (seed,
     client) units both evaluated: the mean difference ``method - reference`` with its 95 % t-interval."""
-    from pftray.evaluation.stats import paired_tests, t_interval
+    from pftray.evaluation.stats import paired_difference
 
     rows = []
     for (factor, level), g in units.groupby(["factor", "level"], sort=False):
@@ -311,15 +314,10 @@ def paired_vs(units: pd.DataFrame, metrics=METRICS, references=REFERENCES) -> pd
             for method in [m for m in dict.fromkeys(g["method"]) if m != ref]:
                 a = g[g["method"] == method].set_index(["seed", "client_id"])
                 for m in metrics:
-                    pairs = pd.concat([a[m].rename("a"), r[m].rename("b")], axis=1, join="inner").dropna()
-                    if len(pairs) < 2:
-                        continue
-                    d = (pairs["a"] - pairs["b"]).to_numpy(float)
-                    ci = t_interval(d)
-                    res = paired_tests(pairs["a"].to_numpy(float), pairs["b"].to_numpy(float))
-                    rows.append({"factor": factor, "level": level, "method": method, "vs": ref, "metric": m,
-                                 "n_pairs": len(d), "mean_diff": ci.mean, "ci_low": ci.low, "ci_high": ci.high,
-                                 "t_pvalue": res.t_pvalue, "wilcoxon_pvalue": res.wilcoxon_pvalue})
+                    d = paired_difference(a[m], r[m])
+                    if d["n_pairs"] >= 2:
+                        rows.append({"factor": factor, "level": level, "method": method, "vs": ref, "metric": m,
+                                     **d})
     return pd.DataFrame(rows)
 
 
@@ -327,7 +325,7 @@ def vs_clean(units: pd.DataFrame, metrics=METRICS) -> pd.DataFrame:
     """Each method of the unreliable factor at fraction f > 0 against ITSELF at fraction 0, paired on the same
     (seed, client), separately on the clients that are reliable at f and on those that are unreliable at f: what
     the corrupted clients cost the others (through the shared adapter) and themselves."""
-    from pftray.evaluation.stats import paired_tests, t_interval
+    from pftray.evaluation.stats import paired_difference
 
     u = units[units["factor"] == "unreliable"]
     if u.empty:
@@ -340,15 +338,9 @@ def vs_clean(units: pd.DataFrame, metrics=METRICS) -> pd.DataFrame:
             cur = u[(u["method"] == method) & (u["level"] == level)].set_index(["seed", "client_id"])
             for group, mask in (("reliable", cur["unreliable"] == ""), ("unreliable", cur["unreliable"] != "")):
                 for m in metrics:
-                    pairs = pd.concat([cur[mask][m].rename("a"), base[m].rename("b")], axis=1, join="inner").dropna()
-                    if len(pairs) < 2:
-                        continue
-                    d = (pairs["a"] - pairs["b"]).to_numpy(float)
-                    ci = t_interval(d)
-                    res = paired_tests(pairs["a"].to_numpy(float), pairs["b"].to_numpy(float))
-                    rows.append({"method": method, "level": level, "clients": group, "metric": m, "n_pairs": len(d),
-                                 "mean_diff": ci.mean, "ci_low": ci.low, "ci_high": ci.high,
-                                 "t_pvalue": res.t_pvalue, "wilcoxon_pvalue": res.wilcoxon_pvalue})
+                    d = paired_difference(cur[mask][m], base[m])
+                    if d["n_pairs"] >= 2:
+                        rows.append({"method": method, "level": level, "clients": group, "metric": m, **d})
     return pd.DataFrame(rows)
 
 
@@ -508,24 +500,65 @@ def plots(units: pd.DataFrame, run_dirs: dict[str, Path], out: Path, metric: str
     return paths
 
 
+def _one_thread() -> None:
+    """Worker initialiser of ``--jobs``: one torch thread per process (two threads under CPU contention run
+    several times slower than one)."""
+    import os
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _run_and_audit(cell: Cell, config: Path, work: Path, backbone: Path | None, name: str,
+                   audit: dict[str, Any] | None) -> tuple[Path, dict[str, float] | None]:
+    path = run_cell(cell, config, work, backbone=backbone, name=name)
+    return path, (audit_cell(path, audit) if cell.factor == "dp" and audit else None)
+
+
 def run_grid(grid: Grid, *, config: Path, work: Path, out: Path, factors: tuple[str, ...], command: str = "",
-             progress=print) -> dict[str, Any]:
+             progress=print, jobs: int = 1) -> dict[str, Any]:
+    """Run (or keep) every cell of ``factors``, ``jobs`` runs at a time (each in its own process with one torch
+    thread when ``jobs`` > 1), then write the answer to ``out``."""
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     todo = [c for c in cells(grid) if c.factor in factors]
-    backbone = cohort_backbone(grid, config, work) if any(c.factor == "dp" for c in todo) else None
-    frames, run_dirs, done = [], {}, {}
+    needs_backbone = grid.cohort_pretrain and any(c.factor == "dp" for c in todo)
+    backbone = cohort_backbone(grid, config, work) if needs_backbone else None
+    named = [(cell, backbone if cell.factor == "dp" else None) for cell in todo]
+    named = [(cell, bb, cell.run_name(config, bb)) for cell, bb in named]
+    unique: dict[str, tuple[Cell, Path | None]] = {}
+    for cell, bb, name in named:
+        unique.setdefault(name, (cell, bb))
     t0 = time.perf_counter()
-    for i, cell in enumerate(todo, 1):
-        bb = backbone if cell.factor == "dp" else None
-        name = cell.run_name(config, bb)
-        if name not in done:
-            done[name] = run_cell(cell, config, work, backbone=bb, name=name)
-            progress(f"[{i}/{len(todo)}] {cell.factor}={cell.level} {cell.method} seed {cell.seed}: "
-                     f"{done[name]} ({time.perf_counter() - t0:.0f} s so far)")
-        run_dirs[name] = done[name]
-        audit = audit_cell(done[name], grid.audit) if cell.factor == "dp" and grid.audit else None
-        frames.append(unit_rows(cell, done[name], name, audit))
+    results: dict[str, tuple[Path, dict[str, float] | None]] = {}
+
+    def report(i: int, name: str) -> None:
+        cell = unique[name][0]
+        progress(f"[{i}/{len(unique)}] {cell.factor}={cell.level} {cell.method} seed {cell.seed}: "
+                 f"{results[name][0]} ({time.perf_counter() - t0:.0f} s so far)")
+
+    if jobs <= 1:
+        for i, (name, (cell, bb)) in enumerate(unique.items(), 1):
+            results[name] = _run_and_audit(cell, config, work, bb, name, grid.audit)
+            report(i, name)
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
+                                 initializer=_one_thread) as pool:
+            futures = {pool.submit(_run_and_audit, cell, config, work, bb, name, grid.audit): name
+                       for name, (cell, bb) in unique.items()}
+            for i, fut in enumerate(as_completed(futures), 1):
+                results[futures[fut]] = fut.result()
+                report(i, futures[fut])
+    frames, run_dirs = [], {}
+    for cell, _bb, name in named:
+        path, audit = results[name]
+        run_dirs[name] = path
+        frames.append(unit_rows(cell, path, name, audit))
     units = pd.concat(frames, ignore_index=True)
     units.to_parquet(out / "units.parquet", index=False)
     aucs = reliability_aucs(units, run_dirs)
@@ -548,6 +581,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--factors", nargs="+", default=["unreliable", "tdc", "dp"], choices=["unreliable", "tdc", "dp"])
     ap.add_argument("--cohort-clients", type=int, default=100)
     ap.add_argument("--cohort-rate", type=float, default=0.2)
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="runs at a time, each in its own process with one torch thread (2 on a 2-core machine)")
     ap.add_argument("--kinds", nargs="+", default=list(HARMFUL_KINDS),
                     help="data.unreliable_kinds of the unreliable factor (default: the harmful kinds)")
     args = ap.parse_args(argv)
@@ -559,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
                         cohort_clients=args.cohort_clients, cohort_rate=args.cohort_rate, kinds=tuple(args.kinds))
     command = "python -m bench federation " + " ".join(argv if argv is not None else sys.argv[1:])
     res = run_grid(grid, config=Path(args.config), work=Path(args.work), out=Path(args.out),
-                   factors=tuple(args.factors), command=command.strip())
+                   factors=tuple(args.factors), command=command.strip(), jobs=max(1, args.jobs))
     print(res["summary"].read_text())
     print(f"wrote {res['summary']}, {Path(args.out) / 'units.parquet'}, " + ", ".join(map(str, res["plots"])))
     return 0

@@ -166,24 +166,14 @@ def model_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def paired_vs_copy(df: pd.DataFrame, model: str = "personalised") -> pd.DataFrame:
-    from pftray.evaluation.stats import paired_tests, t_interval
+    from pftray.evaluation.stats import paired_difference
 
     key = ["client_id", "clip"]
     a = df[df["model"] == model].set_index(key)
     b = df[df["model"] == "copy"].set_index(key)
-    rows = []
-    for m in METRICS:
-        pairs = pd.concat([a[m].rename("a"), b[m].rename("b")], axis=1, join="inner").dropna()
-        if pairs.empty:
-            rows.append({"metric": m, "n_pairs": 0, "mean_diff": math.nan, "ci_low": math.nan,
-                         "ci_high": math.nan, "t_pvalue": math.nan})
-            continue
-        d = (pairs["a"] - pairs["b"]).to_numpy(float)
-        ci = t_interval(d)
-        p = paired_tests(pairs["a"].to_numpy(float), pairs["b"].to_numpy(float)) if len(d) >= 2 else None
-        rows.append({"metric": m, "n_pairs": len(d), "mean_diff": ci.mean, "ci_low": ci.low, "ci_high": ci.high,
-                     "t_pvalue": p.t_pvalue if p else math.nan})
-    return pd.DataFrame(rows)
+    cols = ["n_pairs", "mean_diff", "ci_low", "ci_high", "t_pvalue"]
+    return pd.DataFrame([{"metric": m, **{k: v for k, v in paired_difference(a[m], b[m]).items() if k in cols}}
+                         for m in METRICS])
 
 
 def targets(models: pd.DataFrame, model: str = "personalised") -> list[dict[str, Any]]:

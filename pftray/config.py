@@ -41,7 +41,8 @@ class ExperimentConfig:
 
 
 #: = pftray.data.types.UNRELIABLE_KINDS (repeated so that reading a config imports no data code; a test keeps them equal)
-UNRELIABLE_KINDS = ("offset", "noise", "frozen", "heavy_offset", "swapped_audio", "wrong_identity")
+UNRELIABLE_KINDS = ("offset", "noise", "frozen", "heavy_offset", "swapped_audio", "wrong_identity",
+                    "channel_swap")
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,8 @@ class DataConfig:
                                     range=(0.0, 1.0))
     unreliable_kinds: tuple[str, ...] = _f(("offset", "noise", "frozen"), "corruptions cycled over unreliable clients: "
                                            "offset, noise, frozen (mild), heavy_offset, swapped_audio, wrong_identity "
-                                           "(break the audio-mouth / reference link; see data.synthetic.corrupt_clip)")
+                                           "(break the audio-mouth / reference link), channel_swap (BGR frames); "
+                                           "see data.synthetic.corrupt_clip")
     shift_severity: float = _f(0.0, "synthetic 'shifted' scenario: 0 = client identities drawn like the public ones "
                                "(i.i.d., bit-for-bit the old data); s in (0, 1] gives every client visible teeth "
                                "(shared shift, opacity s) and its own mouth gain and teeth colour (traits scaled by "

@@ -71,8 +71,8 @@ against 0.94-0.98 without the shift).
 
 Unreliable clients (:func:`corrupt_clip`, ``data.unreliable_kinds``): besides the original ``offset``, ``noise``
 and ``frozen``, ``heavy_offset`` (audio half a clip away), ``swapped_audio`` (another speaker's utterance:
-the audio carries no information about the mouth) and ``wrong_identity`` (frames of another face under the
-client's own reference) break the very conditioning a talking-head model learns from. ``ClientData.unreliable``
+the audio carries no information about the mouth), ``wrong_identity`` (frames of another face under the
+client's own reference) and ``channel_swap`` (BGR frames under an RGB reference) break the very conditioning a talking-head model learns from. ``ClientData.unreliable``
 holds each unreliable client's kind.
 """
 
@@ -701,6 +701,9 @@ def corrupt_clip(clip: Clip, kind: str, rng: np.random.Generator, *, shift: Clie
     * ``"wrong_identity"``: the frames show another face (a donor identity) with the clip's pose and mouth
       motion, while the client's reference frame stays its own; ``mouth_box`` follows the new face. Pass the
       client's ``shift`` for shifted clips so the donor has the same teeth (the only change is the face).
+    * ``"channel_swap"``: the frames' colour channels reversed (RGB stored as BGR, the OpenCV capture-pipeline
+      bug) while the client's reference frame, taken elsewhere, stays right: the face's colours no longer
+      match the reference, every frame, every pixel. Geometry, audio and labels are unchanged.
 
     Per-frame ``extras`` describe the video shown: they follow the frames of ``frozen``, and ``shift_box`` /
     ``shift_area`` are recomputed for ``wrong_identity``; the audio corruptions leave them as they were.
@@ -757,6 +760,8 @@ def corrupt_clip(clip: Clip, kind: str, rng: np.random.Generator, *, shift: Clie
         _, window, n_mels = clip.audio_feats.shape
         out.audio = audio
         out.audio_feats = log_mel_features(audio, n_mels=n_mels, window=window, num_frames=num)
+    elif kind == "channel_swap":
+        out.frames = np.ascontiguousarray(clip.frames[..., ::-1])
     else:  # wrong_identity
         donor = sample_identity(int(rng.integers(2**62)), 0, stream="donor")
         out.frames, out.mouth_box, teeth_cov = _render_frames(

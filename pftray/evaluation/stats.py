@@ -95,3 +95,21 @@ def paired_tests(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarra
         res = stats.wilcoxon(d, zero_method="wilcox", alternative="two-sided")
         w_stat, w_p = float(res.statistic), float(res.pvalue)
     return PairedTest(n, mean_diff, t_stat, t_p, w_stat, w_p)
+
+
+def paired_difference(a, b, *, confidence: float = 0.95) -> dict[str, float | int]:
+    """``a − b`` over the units both have: two pandas Series indexed by unit (e.g. ``(seed, client_id)``), paired
+    on their common index with the units missing (absent or NaN) in either dropped.
+
+    Returns ``n_pairs``, ``mean_diff`` with its t-interval ``ci_low``/``ci_high`` (:func:`t_interval` of the
+    differences) and the two tests' p-values ``t_pvalue``/``wilcoxon_pvalue`` (:func:`paired_tests`; NaN below
+    2 pairs). The one pairing rule of every comparison table, so that no table pairs units differently.
+    """
+    import pandas as pd
+
+    pairs = pd.concat([a.rename("a"), b.rename("b")], axis=1, join="inner").dropna()
+    x, y = pairs["a"].to_numpy(np.float64), pairs["b"].to_numpy(np.float64)
+    ci = t_interval(x - y, confidence=confidence)
+    res = paired_tests(x, y) if len(pairs) >= 2 else None
+    return {"n_pairs": int(len(pairs)), "mean_diff": ci.mean, "ci_low": ci.low, "ci_high": ci.high,
+            "t_pvalue": res.t_pvalue if res else math.nan, "wilcoxon_pvalue": res.wilcoxon_pvalue if res else math.nan}

@@ -127,3 +127,17 @@ def test_a_second_call_keeps_finished_cells(grid_result, tmp_path):
     after = {p: p.stat().st_mtime_ns for p in (root / "work" / "runs").glob("*/checkpoints/LATEST")}
     assert after == before
     assert again["units"].drop(columns=["wall_s"]).equals(res["units"].drop(columns=["wall_s"]))
+
+
+def test_jobs_run_cells_in_worker_processes_with_the_same_answer(grid_result, tmp_path):
+    from bench.federation import run_grid
+
+    grid, res, root, lines = grid_result
+    par = run_grid(grid, config=root / "tiny.yaml", work=tmp_path / "work", out=tmp_path / "out",
+                   factors=("unreliable",), progress=lambda _: None, jobs=2)
+    serial = res["units"][res["units"]["factor"] == "unreliable"].reset_index(drop=True)
+    got = par["units"].reset_index(drop=True)
+    assert len(list((tmp_path / "work" / "runs").iterdir())) == 4  # trained afresh, in the workers
+    cols = [c for c in serial.columns if c not in ("wall_s",)]
+    # same seeds, one torch thread on both sides: the same numbers, unit for unit
+    assert got[cols].equals(serial[cols])

@@ -474,6 +474,28 @@ def test_wrong_identity_shows_another_face_with_the_same_motion():
         corrupt_clip(c, "wrong_identity", rng)
 
 
+
+def test_channel_swap_shows_bgr_frames_under_the_rgb_reference():
+    from pftray.data.synthetic import sample_shift
+
+    ident = sample_identity(0, 5)
+    ref = reference_frame(ident, 64).astype(float)
+    c = render_clip(ident, num_frames=24, resolution=64, seed=6, shift=sample_shift(0, 5, 1.0))
+    w = corrupt_clip(c, "channel_swap", np.random.default_rng(0))
+    np.testing.assert_array_equal(w.frames[..., 0], c.frames[..., 2])  # red shows what was blue
+    np.testing.assert_array_equal(w.frames[..., 1], c.frames[..., 1])
+    np.testing.assert_array_equal(w.frames[..., 2], c.frames[..., 0])
+    for f in ("audio", "audio_feats", "mouth", "pose", "mouth_box"):
+        np.testing.assert_array_equal(getattr(w, f), getattr(c, f))
+    for k, v in c.extras.items():
+        np.testing.assert_array_equal(w.extras[k], v)
+    # a skin-coloured face (red > blue) no longer matches its reference: every frame is far from it
+    assert ref[..., 0].mean() > ref[..., 2].mean() + 20
+    assert np.abs(w.frames - ref).mean() > 3 * np.abs(c.frames - ref).mean()
+    assert w.frames.flags["C_CONTIGUOUS"] and c.frames[0, 0, 0, 0] == render_clip(
+        ident, num_frames=24, resolution=64, seed=6, shift=sample_shift(0, 5, 1.0)).frames[0, 0, 0, 0]
+    w.validate()
+
 def test_frozen_extras_follow_the_frozen_frames():
     from pftray.data.synthetic import sample_shift
 

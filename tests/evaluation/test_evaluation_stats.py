@@ -90,3 +90,33 @@ def test_paired_tests_antisymmetric(xs):
     assert ab.mean_diff == pytest.approx(-ba.mean_diff, abs=1e-9)
     if not math.isnan(ab.t_pvalue):
         assert ab.t_pvalue == pytest.approx(ba.t_pvalue)
+
+
+def test_paired_difference_pairs_on_the_common_units_only():
+    import pandas as pd
+
+    from pftray.evaluation.stats import paired_difference
+
+    idx = pd.MultiIndex.from_tuples([(0, 0), (0, 1), (1, 0), (1, 1), (2, 0)], names=["seed", "client_id"])
+    a = pd.Series([1.0, 2.0, 4.0, np.nan, 9.0], index=idx)
+    # b in another order, without unit (2, 0): pairing is by label, never by position
+    b = pd.Series([0.5, 3.0, 1.0, 0.0], index=idx[[3, 2, 1, 0]])
+    d = paired_difference(a, b)
+    diffs = np.array([1.0 - 0.0, 2.0 - 1.0, 4.0 - 3.0])  # (1, 1) is NaN in a, (2, 0) absent from b
+    assert d["n_pairs"] == 3
+    assert d["mean_diff"] == pytest.approx(1.0)
+    half = stats.t.ppf(0.975, 2) * diffs.std(ddof=1) / np.sqrt(3)
+    assert half == 0.0 and d["ci_low"] == d["ci_high"] == pytest.approx(1.0)
+    assert math.isnan(d["t_pvalue"])  # zero spread: the t-test is undefined
+    b2 = b.copy()
+    b2.loc[(0, 0)] = -1.0  # differences 2, 1, 1
+    d2 = paired_difference(a, b2)
+    ref = stats.ttest_rel([1.0, 2.0, 4.0], [-1.0, 1.0, 3.0])
+    assert d2["mean_diff"] == pytest.approx(4 / 3) and d2["t_pvalue"] == pytest.approx(ref.pvalue)
+    sd = np.std([2.0, 1.0, 1.0], ddof=1)
+    assert d2["ci_high"] - d2["mean_diff"] == pytest.approx(stats.t.ppf(0.975, 2) * sd / np.sqrt(3))
+    one = paired_difference(a.iloc[:1], b)
+    assert one["n_pairs"] == 1 and one["mean_diff"] == 1.0 and math.isnan(one["ci_low"])
+    assert math.isnan(one["t_pvalue"]) and math.isnan(one["wilcoxon_pvalue"])
+    none = paired_difference(a.iloc[4:], b)
+    assert none["n_pairs"] == 0 and math.isnan(none["mean_diff"])
