@@ -109,8 +109,9 @@ class Grid:
     audit: dict[str, Any] | None = dataclasses.field(default_factory=lambda: dict(AUDIT))
 
 
-#: the membership audit of each DP cell: 2 noise draws x 2 timesteps per clip (cheap at 32 px; a lower bound only)
-AUDIT = {"timesteps": (100, 500), "repeats": 2}
+#: the membership audit of each DP cell: 2 noise draws x 2 timesteps per clip on the first 24 trained clients (the
+#: whole cohort costs about 4 min a cell at 64 px); a lower bound only
+AUDIT = {"timesteps": (100, 500), "repeats": 2, "max_clients": 24}
 
 
 #: training clips per client in the synthetic grid: few, so that one client's clips undersample the shared shift
@@ -127,13 +128,14 @@ HARMFUL_KINDS = ("swapped_audio", "heavy_offset", "wrong_identity", "channel_swa
 
 def default_grid(*, quick: bool, severity: float, seeds: int | None = None, cohort_clients: int = 100,
                  cohort_rate: float = 0.2, kinds: tuple[str, ...] = HARMFUL_KINDS) -> Grid:
-    rounds = 6 if quick else 10
+    # sized for the 2-core CPU: --quick about 10 min and the full grid (75 runs) under 2 h with --jobs 2
+    rounds = 6 if quick else 8
     base = {
         "data.shift_severity": severity, "data.unreliable_fraction": 0.0, "data.num_clients": 8,
         "data.clips_per_client": CLIPS_PER_CLIENT, "data.unreliable_kinds": list(kinds),
         "fed.rounds": rounds, "fed.clients_per_round": 4, "fed.eval_every": rounds if quick else rounds // 2,
-        "fed.eval_clients": 8, "fed.mu": 0.01, "train.local_steps": 8 if quick else 12, "eval.clips": 1,
-        "eval.frames": 8 if quick else 12, "eval.sample_steps": 10, "eval.local_baseline": False,
+        "fed.eval_clients": 8, "fed.mu": 0.01, "train.local_steps": 8, "eval.clips": 1,
+        "eval.frames": 8, "eval.sample_steps": 10, "eval.local_baseline": False,
         "runtime.resident_clients": 8,
     }
     # the cohort is the default cell's model, backbone and resolution with 100 registered clients of 1 clip each
@@ -141,7 +143,7 @@ def default_grid(*, quick: bool, severity: float, seeds: int | None = None, coho
     cohort = {
         "data.num_clients": cohort_clients, "fed.sample_rate": cohort_rate, "fed.eval_clients": 8,
         "data.clips_per_client": 1, "data.heldout_clips": 1, "train.local_steps": 4,
-        "fed.rounds": 4 if quick else 8, "fed.eval_every": 4, "privacy.clipping_norm": COHORT_CLIP,
+        "fed.rounds": 4 if quick else 8, "fed.eval_every": 4 if quick else 8, "privacy.clipping_norm": COHORT_CLIP,
         "runtime.resident_clients": 4,
     }
     return Grid(base=base, cohort=cohort, seeds=tuple(range(seeds or (1 if quick else 3))),
@@ -240,12 +242,14 @@ def audit_cell(run_dir: Path, settings: dict[str, Any]) -> dict[str, float]:
     from pftray.evaluation.audit import audit_run
 
     path = run_dir / "audit.json"
-    want = {"timesteps": [int(t) for t in settings["timesteps"]], "repeats": int(settings["repeats"])}
+    want = {"timesteps": [int(t) for t in settings["timesteps"]], "repeats": int(settings["repeats"]),
+            "max_clients": settings.get("max_clients")}
     rep = json.loads(path.read_text()) if path.exists() else None
     if rep is None or {k: rep["settings"].get(k) for k in want} != want:
         if not (run_dir / "clients.parquet").exists():  # no client was ever sampled: nothing to attack
             return {"audit_eps_lb": math.nan, "audit_auc": math.nan}
-        rep = audit_run(run_dir, timesteps=tuple(want["timesteps"]), repeats=want["repeats"], canaries=False)
+        rep = audit_run(run_dir, timesteps=tuple(want["timesteps"]), repeats=want["repeats"], canaries=False,
+                        max_clients=want["max_clients"])
     shared = rep["clip_level_shared"]
 
     def num(x: Any) -> float:

@@ -229,7 +229,7 @@ def cmd_audit(args) -> int:
     if not (run / "config.yaml").exists():
         raise InputError(f"{run}: not a pftray run directory (no config.yaml)")
     res = audit_run(run, timesteps=tuple(args.timesteps), repeats=args.repeats, seed=args.seed,
-                    server_round=args.server_round, calibrate=not args.no_calibrate)
+                    server_round=args.server_round, calibrate=not args.no_calibrate, max_clients=args.max_clients)
     for name, block in res.items():
         if isinstance(block, dict) and "auc" in block:
             print(f"{name:26s} AUC {block['auc']:.3f}  TPR@1%FPR {block.get('tpr_at_1pct_fpr', math.nan):.3f}  "
@@ -331,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--round", type=int, default=None, dest="server_round")
     p.add_argument("--no-calibrate", action="store_true", help="raw denoising error instead of the calibrated score")
+    p.add_argument("--max-clients", type=int, default=None, help="audit only the first N trained clients (cheaper)")
     p.set_defaults(fn=cmd_audit)
 
     p = sub.add_parser("generate", help="drive a trained run with an audio file: an mp4 of a client or a photo")

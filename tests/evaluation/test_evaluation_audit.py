@@ -119,6 +119,12 @@ def test_audit_of_a_tiny_run_is_finite_and_written(canary_run):
     assert 0 <= can["auc"] <= 1 and 0 <= can["eps_lb"] < math.inf
     assert report["accountant"] is None  # no DP in this run: no privacy.json
     assert report["server_round"] == 2 and report["settings"]["calibrate"] is True
+    # max_clients audits a prefix of the same clients, with the same per-client scores (a subset of the samples)
+    sub = audit_run(run_dir, timesteps=(100, 500), repeats=2, max_clients=1, canaries=False)
+    assert sub["clients_audited"] == report["clients_audited"][:1] and sub["settings"]["max_clients"] == 1
+    assert sub["clip_level_shared"]["num_members"] == 1 < report["clip_level_shared"]["num_members"]
+    with pytest.raises(ValueError, match="max_clients"):
+        audit_run(run_dir, max_clients=0)
 
 
 def test_clip_errors_match_an_independent_computation(canary_run):
