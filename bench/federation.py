@@ -348,8 +348,36 @@ def vs_clean(units: pd.DataFrame, metrics=METRICS) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def vs_level(units: pd.DataFrame, factor: str, reference: str, metrics=METRICS) -> pd.DataFrame:
+    """Each trained method of ``factor`` at every other level against ITSELF at level ``reference`` (TDC against
+    ``lambda0``, DP against ``nodp``), paired on the same (seed, client): what the factor changes."""
+    from pftray.evaluation.stats import paired_difference
+
+    u = units[(units["factor"] == factor) & (units["method"] != "backbone")]
+    rows = []
+    for method in dict.fromkeys(u["method"]):
+        base = u[(u["method"] == method) & (u["level"] == reference)].set_index(["seed", "client_id"])
+        if base.empty:
+            continue
+        for level in [lv for lv in dict.fromkeys(u["level"]) if lv != reference]:
+            cur = u[(u["method"] == method) & (u["level"] == level)].set_index(["seed", "client_id"])
+            for m in metrics:
+                d = paired_difference(cur[m], base[m])
+                if d["n_pairs"] >= 2:
+                    rows.append({"method": method, "level": level, "vs": reference, "metric": m, **d})
+    return pd.DataFrame(rows)
+
+
+#: decimals of a metric in the tables (jitter is a mean absolute frame difference of a few 1e-3)
+DIGITS = {"jitter": 5, "ssim": 4}
+
+
 def _fmt(x: float, digits: int = 3) -> str:
     return "–" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
+
+
+def _fm(metric: str, x: float) -> str:
+    return _fmt(x, DIGITS.get(metric, 3))
 
 
 def markdown(units: pd.DataFrame, aucs: pd.DataFrame | None = None, *, metrics=METRICS, command: str = "") -> str:
@@ -372,7 +400,8 @@ def markdown(units: pd.DataFrame, aucs: pd.DataFrame | None = None, *, metrics=M
             head = "| level | method | n | " + " | ".join(metrics) + " |"
             lines += [head, "|" + "---|" * (3 + len(metrics))]
             for (level, method), g in ci.groupby(["level", "method"], sort=False):
-                cells_ = [f"{_fmt(r['mean'])} ± {_fmt((r['ci_high'] - r['ci_low']) / 2)}" for _, r in g.iterrows()]
+                cells_ = [f"{_fm(r['metric'], r['mean'])} ± {_fm(r['metric'], (r['ci_high'] - r['ci_low']) / 2)}"
+                          for _, r in g.iterrows()]
                 lines.append(f"| {level} | {method} | {int(g['n'].max())} | " + " | ".join(cells_) + " |")
             lines.append("")
             pv = paired_vs(sub, metrics)
@@ -380,8 +409,9 @@ def markdown(units: pd.DataFrame, aucs: pd.DataFrame | None = None, *, metrics=M
                 lines += ["| level | method | vs | metric | Δ [95 % CI] | n | p (t) | p (Wilcoxon) |",
                           "|---|---|---|---|---|---:|---:|---:|"]
                 for _, r in pv.iterrows():
-                    lines.append(f"| {r['level']} | {r['method']} | {r['vs']} | {r['metric']} | "
-                                 f"{_fmt(r['mean_diff'])} [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}] | "
+                    m = r["metric"]
+                    lines.append(f"| {r['level']} | {r['method']} | {r['vs']} | {m} | "
+                                 f"{_fm(m, r['mean_diff'])} [{_fm(m, r['ci_low'])}, {_fm(m, r['ci_high'])}] | "
                                  f"{r['n_pairs']} | {_fmt(r['t_pvalue'], 4)} | {_fmt(r['wilcoxon_pvalue'], 4)} |")
                 lines.append("")
     vc = vs_clean(units, metrics)
@@ -392,8 +422,24 @@ def markdown(units: pd.DataFrame, aucs: pd.DataFrame | None = None, *, metrics=M
                   "'unreliable' = the corrupted clients' own personalised models.", "",
                   "| method | f | clients | metric | Δ [95 % CI] | n | p (t) |", "|---|---|---|---|---|---:|---:|"]
         for _, r in vc.iterrows():
-            lines.append(f"| {r['method']} | {r['level']} | {r['clients']} | {r['metric']} | {_fmt(r['mean_diff'])} "
-                         f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}] | {r['n_pairs']} | {_fmt(r['t_pvalue'], 4)} |")
+            m = r["metric"]
+            lines.append(f"| {r['method']} | {r['level']} | {r['clients']} | {m} | {_fm(m, r['mean_diff'])} "
+                         f"[{_fm(m, r['ci_low'])}, {_fm(m, r['ci_high'])}] | {r['n_pairs']} | {_fmt(r['t_pvalue'], 4)} |")
+        lines.append("")
+    for factor, reference, title in (("tdc", "lambda0", "TDC: each method against itself without TDC"),
+                                     ("dp", "nodp", "DP: each method against itself without DP")):
+        vl = vs_level(units, factor, reference, metrics)
+        if vl.empty:
+            continue
+        lines += [f"## {title}", "", f"Δ = (level) − ({reference}) for the same method, paired on the same (seed, "
+                  "client), all clients.", "",
+                  "| method | level | vs | metric | Δ [95 % CI] | n | p (t) | p (Wilcoxon) |",
+                  "|---|---|---|---|---|---:|---:|---:|"]
+        for _, r in vl.iterrows():
+            m = r["metric"]
+            lines.append(f"| {r['method']} | {r['level']} | {r['vs']} | {m} | {_fm(m, r['mean_diff'])} "
+                         f"[{_fm(m, r['ci_low'])}, {_fm(m, r['ci_high'])}] | {r['n_pairs']} | "
+                         f"{_fmt(r['t_pvalue'], 4)} | {_fmt(r['wilcoxon_pvalue'], 4)} |")
         lines.append("")
     dp = units[units["factor"] == "dp"]
     if not dp.empty:
@@ -405,7 +451,7 @@ def markdown(units: pd.DataFrame, aucs: pd.DataFrame | None = None, *, metrics=M
                   + " | ".join(metrics[:3]) + " |", "|---|---|---:|---:|---:|" + "---:|" * 3]
         for (level, method), g in dp.groupby(["level", "method"], sort=False):
             runs = g.drop_duplicates("run")
-            util = " | ".join(_fmt(float(g[m].mean())) for m in metrics[:3])
+            util = " | ".join(_fm(m, float(g[m].mean())) for m in metrics[:3])
             lines.append(f"| {level} | {method} | {_fmt(float(g['epsilon'].max()), 2)} | "
                          f"{_fmt(float(runs['audit_eps_lb'].mean()), 2)} | {_fmt(float(runs['audit_auc'].mean()))} "
                          f"| {util} |")

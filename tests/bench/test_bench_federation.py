@@ -141,3 +141,41 @@ def test_jobs_run_cells_in_worker_processes_with_the_same_answer(grid_result, tm
     cols = [c for c in serial.columns if c not in ("wall_s",)]
     # same seeds, one torch thread on both sides: the same numbers, unit for unit
     assert got[cols].equals(serial[cols])
+
+
+def test_tdc_and_dp_levels_are_paired_against_their_reference_level():
+    import pandas as pd
+
+    from bench.federation import METRICS, markdown, vs_level
+
+    rows = []
+    for factor, levels in (("tdc", ("lambda0", "lambda0.1")), ("dp", ("nodp", "eps8"))):
+        for li, level in enumerate(levels):
+            for method in ("isfa", "backbone"):
+                for seed in (0, 1):
+                    for client in range(4):
+                        base = 10.0 + client + 0.5 * seed
+                        rows.append({"factor": factor, "level": level, "method": method, "seed": seed,
+                                     "client_id": client, "unreliable": "", "run": f"{factor}{li}{method}{seed}",
+                                     "epsilon": 8.0 if level == "eps8" else math.nan, "audit_eps_lb": 0.0,
+                                     "audit_auc": 0.5, "wall_s": 1.0,
+                                     **{m: base + (li * (0.3 + 0.1 * client) if method == "isfa" else 0.0)
+                                        for m in METRICS}})
+    units = pd.DataFrame(rows)
+    vl = vs_level(units, "tdc", "lambda0").set_index(["method", "level", "metric"])
+    assert set(vl.index.get_level_values("method")) == {"isfa"}  # the untrained backbone is never compared
+    r = vl.loc[("isfa", "lambda0.1", "jitter")]
+    d = np.array([0.3 + 0.1 * c for _ in (0, 1) for c in range(4)])  # paired on (seed, client)
+    assert r["n_pairs"] == 8 and r["mean_diff"] == pytest.approx(d.mean())
+    from scipy import stats
+
+    half = stats.t.ppf(0.975, 7) * d.std(ddof=1) / math.sqrt(8)
+    assert r["ci_high"] - r["mean_diff"] == pytest.approx(half)
+    text = markdown(units)
+    sec = text.split("## TDC: each method against itself without TDC")[1].split("## ")[0]
+    row = next(ln for ln in sec.splitlines() if ln.startswith("| isfa | lambda0.1 | lambda0 | jitter |"))
+    assert f"{d.mean():.5f} [{d.mean() - half:.5f}, {d.mean() + half:.5f}]" in row  # jitter to 5 decimals
+    assert "## DP: each method against itself without DP" in text
+    assert vs_level(units, "dp", "nodp").set_index(["level", "metric"]).loc[("eps8", "psnr"), "mean_diff"] == \
+        pytest.approx(d.mean())
+    assert vs_level(units, "tdc", "lambda9").empty  # no reference level: nothing to pair
