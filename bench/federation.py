@@ -567,10 +567,18 @@ def _run_and_audit(cell: Cell, config: Path, work: Path, backbone: Path | None, 
     return path, (audit_cell(path, audit) if cell.factor == "dp" and audit else None)
 
 
+def _finished(path: Path) -> bool:
+    from pftray.runtime.driver import FINISHED_STATUSES
+
+    meta = path / "meta.json"
+    return meta.exists() and json.loads(meta.read_text()).get("status") in FINISHED_STATUSES
+
+
 def run_grid(grid: Grid, *, config: Path, work: Path, out: Path, factors: tuple[str, ...], command: str = "",
-             progress=print, jobs: int = 1) -> dict[str, Any]:
+             progress=print, jobs: int = 1, report_only: bool = False) -> dict[str, Any]:
     """Run (or keep) every cell of ``factors``, ``jobs`` runs at a time (each in its own process with one torch
-    thread when ``jobs`` > 1), then write the answer to ``out``."""
+    thread when ``jobs`` > 1), then write the answer to ``out``. ``report_only`` runs nothing: the answer is
+    written from the cells already finished under ``work`` (a partial grid says so in its summary)."""
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     todo = [c for c in cells(grid) if c.factor in factors]
@@ -581,6 +589,13 @@ def run_grid(grid: Grid, *, config: Path, work: Path, out: Path, factors: tuple[
     unique: dict[str, tuple[Cell, Path | None]] = {}
     for cell, bb, name in named:
         unique.setdefault(name, (cell, bb))
+    missing = 0
+    if report_only:
+        kept = {n: v for n, v in unique.items() if _finished(work / "runs" / n)}
+        missing = len(unique) - len(kept)
+        if not kept:
+            raise FileNotFoundError(f"{work}: no finished cell of this grid to report")
+        unique, named = kept, [x for x in named if x[2] in kept]
     t0 = time.perf_counter()
     results: dict[str, tuple[Path, dict[str, float] | None]] = {}
 
@@ -614,7 +629,11 @@ def run_grid(grid: Grid, *, config: Path, work: Path, out: Path, factors: tuple[
     aucs = reliability_aucs(units, run_dirs)
     if not aucs.empty:
         aucs.to_parquet(out / "reliability_auc.parquet", index=False)
-    (out / "summary.md").write_text(markdown(units, aucs, command=command))
+    text = markdown(units, aucs, command=command)
+    if missing:
+        text = text.replace("\n\n", f"\n\n**Partial grid: {missing} of {missing + len(unique)} runs not finished "
+                            "(not in these tables).**\n\n", 1)
+    (out / "summary.md").write_text(text)
     figs = plots(units, run_dirs, out)
     return {"units": units, "aucs": aucs, "summary": out / "summary.md", "plots": figs,
             "wall_s": time.perf_counter() - t0}
@@ -633,6 +652,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cohort-rate", type=float, default=0.2)
     ap.add_argument("--jobs", type=int, default=1,
                     help="runs at a time, each in its own process with one torch thread (2 on a 2-core machine)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="run nothing: write the answer from the cells already finished under --work")
     ap.add_argument("--kinds", nargs="+", default=list(HARMFUL_KINDS),
                     help="data.unreliable_kinds of the unreliable factor (default: the harmful kinds)")
     args = ap.parse_args(argv)
@@ -644,7 +665,8 @@ def main(argv: list[str] | None = None) -> int:
                         cohort_clients=args.cohort_clients, cohort_rate=args.cohort_rate, kinds=tuple(args.kinds))
     command = "python -m bench federation " + " ".join(argv if argv is not None else sys.argv[1:])
     res = run_grid(grid, config=Path(args.config), work=Path(args.work), out=Path(args.out),
-                   factors=tuple(args.factors), command=command.strip(), jobs=max(1, args.jobs))
+                   factors=tuple(args.factors), command=command.strip(), jobs=max(1, args.jobs),
+                   report_only=args.report_only)
     print(res["summary"].read_text())
     print(f"wrote {res['summary']}, {Path(args.out) / 'units.parquet'}, " + ", ".join(map(str, res["plots"])))
     return 0

@@ -179,3 +179,22 @@ def test_tdc_and_dp_levels_are_paired_against_their_reference_level():
     assert vs_level(units, "dp", "nodp").set_index(["level", "metric"]).loc[("eps8", "psnr"), "mean_diff"] == \
         pytest.approx(d.mean())
     assert vs_level(units, "tdc", "lambda9").empty  # no reference level: nothing to pair
+
+
+def test_report_only_writes_the_answer_from_finished_cells_and_runs_nothing(grid_result, tmp_path):
+    import dataclasses
+
+    from bench.federation import run_grid
+
+    grid, res, root, lines = grid_result
+    before = sorted(p.name for p in (root / "work" / "runs").iterdir())
+    bigger = dataclasses.replace(grid, fractions=(0.0, 0.25, 0.5))  # 0.25: never run
+    rep = run_grid(bigger, config=root / "tiny.yaml", work=root / "work", out=tmp_path / "out",
+                   factors=("unreliable", "dp"), progress=lambda _: None, report_only=True)
+    assert sorted(p.name for p in (root / "work" / "runs").iterdir()) == before  # nothing ran
+    assert set(rep["units"]["level"]) == set(res["units"]["level"])
+    assert rep["units"].drop(columns=["wall_s"]).equals(res["units"].drop(columns=["wall_s"]))
+    assert "**Partial grid: 2 of 7 runs not finished" in (tmp_path / "out" / "summary.md").read_text()
+    with pytest.raises(FileNotFoundError, match="no finished cell"):
+        run_grid(grid, config=root / "tiny.yaml", work=tmp_path / "empty", out=tmp_path / "o2",
+                 factors=("unreliable",), progress=lambda _: None, report_only=True)
