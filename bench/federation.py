@@ -380,6 +380,12 @@ def _fm(metric: str, x: float) -> str:
     return _fmt(x, DIGITS.get(metric, 3))
 
 
+def _delta(r: pd.Series) -> str:
+    """``metric | Δ [low, high] | n`` cells of a paired-difference row."""
+    m = r["metric"]
+    return f"{m} | {_fm(m, r['mean_diff'])} [{_fm(m, r['ci_low'])}, {_fm(m, r['ci_high'])}] | {r['n_pairs']}"
+
+
 def markdown(units: pd.DataFrame, aucs: pd.DataFrame | None = None, *, metrics=METRICS, command: str = "") -> str:
     lines = ["# Federated benchmark (`python -m bench federation`)", ""]
     if command:
@@ -409,10 +415,8 @@ def markdown(units: pd.DataFrame, aucs: pd.DataFrame | None = None, *, metrics=M
                 lines += ["| level | method | vs | metric | Δ [95 % CI] | n | p (t) | p (Wilcoxon) |",
                           "|---|---|---|---|---|---:|---:|---:|"]
                 for _, r in pv.iterrows():
-                    m = r["metric"]
-                    lines.append(f"| {r['level']} | {r['method']} | {r['vs']} | {m} | "
-                                 f"{_fm(m, r['mean_diff'])} [{_fm(m, r['ci_low'])}, {_fm(m, r['ci_high'])}] | "
-                                 f"{r['n_pairs']} | {_fmt(r['t_pvalue'], 4)} | {_fmt(r['wilcoxon_pvalue'], 4)} |")
+                    lines.append(f"| {r['level']} | {r['method']} | {r['vs']} | {_delta(r)} | "
+                                 f"{_fmt(r['t_pvalue'], 4)} | {_fmt(r['wilcoxon_pvalue'], 4)} |")
                 lines.append("")
     vc = vs_clean(units, metrics)
     if not vc.empty:
@@ -422,9 +426,7 @@ def markdown(units: pd.DataFrame, aucs: pd.DataFrame | None = None, *, metrics=M
                   "'unreliable' = the corrupted clients' own personalised models.", "",
                   "| method | f | clients | metric | Δ [95 % CI] | n | p (t) |", "|---|---|---|---|---|---:|---:|"]
         for _, r in vc.iterrows():
-            m = r["metric"]
-            lines.append(f"| {r['method']} | {r['level']} | {r['clients']} | {m} | {_fm(m, r['mean_diff'])} "
-                         f"[{_fm(m, r['ci_low'])}, {_fm(m, r['ci_high'])}] | {r['n_pairs']} | {_fmt(r['t_pvalue'], 4)} |")
+            lines.append(f"| {r['method']} | {r['level']} | {r['clients']} | {_delta(r)} | {_fmt(r['t_pvalue'], 4)} |")
         lines.append("")
     for factor, reference, title in (("tdc", "lambda0", "TDC: each method against itself without TDC"),
                                      ("dp", "nodp", "DP: each method against itself without DP")):
@@ -436,9 +438,7 @@ def markdown(units: pd.DataFrame, aucs: pd.DataFrame | None = None, *, metrics=M
                   "| method | level | vs | metric | Δ [95 % CI] | n | p (t) | p (Wilcoxon) |",
                   "|---|---|---|---|---|---:|---:|---:|"]
         for _, r in vl.iterrows():
-            m = r["metric"]
-            lines.append(f"| {r['method']} | {r['level']} | {r['vs']} | {m} | {_fm(m, r['mean_diff'])} "
-                         f"[{_fm(m, r['ci_low'])}, {_fm(m, r['ci_high'])}] | {r['n_pairs']} | "
+            lines.append(f"| {r['method']} | {r['level']} | {r['vs']} | {_delta(r)} | "
                          f"{_fmt(r['t_pvalue'], 4)} | {_fmt(r['wilcoxon_pvalue'], 4)} |")
         lines.append("")
     dp = units[units["factor"] == "dp"]
