@@ -193,9 +193,9 @@ def cells(grid: Grid) -> list[Cell]:
 
 
 # ------------------------------------------------------------------------------------------------ running
-def cohort_backbone(grid: Grid, config: Path, work: Path) -> Path:
+def cohort_backbone(grid: Grid, config: Path, work: Path, *, build: bool = True) -> Path:
     """A backbone of the DP cohort's own (``grid.cohort_pretrain``), pre-trained once on the public identities
-    (cached under ``work``)."""
+    (cached under ``work``); ``build=False`` only names it."""
     from pftray.config import load_config
     from pftray.model.pretrain import pretrain
 
@@ -205,7 +205,7 @@ def cohort_backbone(grid: Grid, config: Path, work: Path) -> Path:
     key["model"] = {k: v for k, v in key["model"].items() if k != "backbone"}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
     out = work / f"backbone-cohort-{digest}.pt"  # --quick and the full grid pre-train differently
-    if out.exists():
+    if out.exists() or not build:
         return out
     t0 = time.perf_counter()
     pretrain(cfg, out)
@@ -213,15 +213,22 @@ def cohort_backbone(grid: Grid, config: Path, work: Path) -> Path:
     return out
 
 
+def _finished(path: Path) -> bool:
+    """A run directory whose run finished (kept, never rerun)."""
+    from pftray.runtime.driver import FINISHED_STATUSES
+
+    meta = path / "meta.json"
+    return meta.exists() and json.loads(meta.read_text()).get("status") in FINISHED_STATUSES
+
+
 def run_cell(cell: Cell, config: Path, work: Path, *, backbone: Path | None, name: str) -> Path:
     """Run (or resume, or keep) the cell's run directory ``work/runs/<name>``; returns it."""
     from pftray.config import load_config
     from pftray.results import RunDir
-    from pftray.runtime.driver import FINISHED_STATUSES, run_federated
+    from pftray.runtime.driver import run_federated
 
     path = work / "runs" / name
-    meta = path / "meta.json"
-    if meta.exists() and json.loads(meta.read_text()).get("status") in FINISHED_STATUSES:
+    if _finished(path):
         return path
     t0 = time.perf_counter()
     if (path / "config.yaml").exists():
@@ -386,8 +393,13 @@ def _delta(r: pd.Series) -> str:
     return f"{m} | {_fm(m, r['mean_diff'])} [{_fm(m, r['ci_low'])}, {_fm(m, r['ci_high'])}] | {r['n_pairs']}"
 
 
-def markdown(units: pd.DataFrame, aucs: pd.DataFrame | None = None, *, metrics=METRICS, command: str = "") -> str:
+def markdown(units: pd.DataFrame, aucs: pd.DataFrame | None = None, *, metrics=METRICS, command: str = "",
+             missing_runs: tuple[int, int] | None = None) -> str:
+    """The summary; ``missing_runs`` = (not finished, of all) marks a partial grid."""
     lines = ["# Federated benchmark (`python -m bench federation`)", ""]
+    if missing_runs and missing_runs[0]:
+        lines += [f"**Partial grid: {missing_runs[0]} of {missing_runs[1]} runs not finished (not in these "
+                  "tables).**", ""]
     if command:
         lines += [f"Command: `{command}`", ""]
     lines += ["Mean ± 95 % t-interval over (seed, client) units of the held-out clips; Δ = paired mean difference "
@@ -567,13 +579,6 @@ def _run_and_audit(cell: Cell, config: Path, work: Path, backbone: Path | None, 
     return path, (audit_cell(path, audit) if cell.factor == "dp" and audit else None)
 
 
-def _finished(path: Path) -> bool:
-    from pftray.runtime.driver import FINISHED_STATUSES
-
-    meta = path / "meta.json"
-    return meta.exists() and json.loads(meta.read_text()).get("status") in FINISHED_STATUSES
-
-
 def run_grid(grid: Grid, *, config: Path, work: Path, out: Path, factors: tuple[str, ...], command: str = "",
              progress=print, jobs: int = 1, report_only: bool = False) -> dict[str, Any]:
     """Run (or keep) every cell of ``factors``, ``jobs`` runs at a time (each in its own process with one torch
@@ -583,7 +588,7 @@ def run_grid(grid: Grid, *, config: Path, work: Path, out: Path, factors: tuple[
     out.mkdir(parents=True, exist_ok=True)
     todo = [c for c in cells(grid) if c.factor in factors]
     needs_backbone = grid.cohort_pretrain and any(c.factor == "dp" for c in todo)
-    backbone = cohort_backbone(grid, config, work) if needs_backbone else None
+    backbone = cohort_backbone(grid, config, work, build=not report_only) if needs_backbone else None
     named = [(cell, backbone if cell.factor == "dp" else None) for cell in todo]
     named = [(cell, bb, cell.run_name(config, bb)) for cell, bb in named]
     unique: dict[str, tuple[Cell, Path | None]] = {}
@@ -629,11 +634,8 @@ def run_grid(grid: Grid, *, config: Path, work: Path, out: Path, factors: tuple[
     aucs = reliability_aucs(units, run_dirs)
     if not aucs.empty:
         aucs.to_parquet(out / "reliability_auc.parquet", index=False)
-    text = markdown(units, aucs, command=command)
-    if missing:
-        text = text.replace("\n\n", f"\n\n**Partial grid: {missing} of {missing + len(unique)} runs not finished "
-                            "(not in these tables).**\n\n", 1)
-    (out / "summary.md").write_text(text)
+    (out / "summary.md").write_text(markdown(units, aucs, command=command,
+                                             missing_runs=(missing, missing + len(unique))))
     figs = plots(units, run_dirs, out)
     return {"units": units, "aucs": aucs, "summary": out / "summary.md", "plots": figs,
             "wall_s": time.perf_counter() - t0}

@@ -72,8 +72,8 @@ against 0.94-0.98 without the shift).
 Unreliable clients (:func:`corrupt_clip`, ``data.unreliable_kinds``): besides the original ``offset``, ``noise``
 and ``frozen``, ``heavy_offset`` (audio half a clip away), ``swapped_audio`` (another speaker's utterance:
 the audio carries no information about the mouth), ``wrong_identity`` (frames of another face under the
-client's own reference) and ``channel_swap`` (BGR frames under an RGB reference) break the very conditioning a talking-head model learns from. ``ClientData.unreliable``
-holds each unreliable client's kind.
+client's own reference) and ``channel_swap`` (BGR frames under an RGB reference) break the very conditioning a
+talking-head model learns from. ``ClientData.unreliable`` holds each unreliable client's kind.
 """
 
 from __future__ import annotations
