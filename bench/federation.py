@@ -5,7 +5,10 @@ scenario, ``data.shift_severity`` = ``--severity``, 8 clients of :data:`CLIPS_PE
 unreliable clients, no DP, TDC at the quickstart's weight) and varies **one factor at a time**, never the full product:
 
 * ``unreliable``: the methods and baselines (``backbone``, ``local``, ``fedavg``, ``fedprox``, ``isfa``,
-  ``pooled``) x ``data.unreliable_fraction`` in {0, 0.25, 0.5};
+  ``pooled``) x ``data.unreliable_fraction`` in {0, 0.25, 0.5}, every unreliable client of the kind that damages
+  the others under FedAvg (:data:`DAMAGING_KINDS`);
+* ``mixed``: FedAvg and ISFA at fraction 0.5 with the four harmful kinds cycled over the unreliable clients (one
+  kind each): the ISFA score's AUC per kind, and what a mixed population costs;
 * ``dp``: the federated methods x client-level DP {off, epsilon ~ 8, epsilon ~ 2} on a **cohort** of
   ``--cohort-clients`` registered clients (>= 100) with Poisson rate ``--cohort-rate`` (>= 20 expected per round), with
   the default cell's 64 px model and backbone, 1 training clip and 4 local steps per client (a 32 px cohort with a
@@ -66,7 +69,7 @@ REFERENCES = ("fedavg", "local")  # paired tests of every method against these
 class Cell:
     """One point of the grid: a factor's level for one trained method and seed."""
 
-    factor: str  # "unreliable" | "dp" | "tdc"
+    factor: str  # "unreliable" | "mixed" | "dp" | "tdc"
     level: str  # e.g. "0.25", "eps8", "lambda0"
     method: str  # a trained method (backbone rows come from the fedavg run)
     seed: int
@@ -82,11 +85,14 @@ class Cell:
 
     def run_name(self, config: Path, backbone: Path | None = None) -> str:
         """``<method>-s<seed>-<hash of the resolved config>``: cells with the same settings (the default cell of
-        two factors, or a factor level equal to the default) are one run."""
+        two factors, or a factor level equal to the default) are one run; without unreliable clients the kinds
+        are not part of the settings."""
         from pftray.config import load_config
 
         resolved = load_config(config, self.settings(backbone), check_paths=False).to_dict()
         resolved["experiment"].pop("name", None)
+        if not resolved["data"]["unreliable_fraction"]:
+            resolved["data"].pop("unreliable_kinds")  # inert without unreliable clients: the same run
         resolved["model"]["backbone"] = Path(str(resolved["model"]["backbone"] or "")).name
         key = hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:10]
         return f"{self.method}-s{self.seed}-{key}"
@@ -107,6 +113,11 @@ class Grid:
     cohort_pretrain: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: ``pftray audit`` settings for the DP cells (None = no audit)
     audit: dict[str, Any] | None = dataclasses.field(default_factory=lambda: dict(AUDIT))
+    #: the ``mixed`` factor: ``mixed_methods`` at unreliable fraction ``mixed_fraction`` with ``mixed_kinds`` cycled
+    #: over the unreliable clients (empty = no such factor)
+    mixed_kinds: tuple[str, ...] = ()
+    mixed_fraction: float = 0.5
+    mixed_methods: tuple[str, ...] = ("fedavg", "isfa")
 
 
 #: the membership audit of each DP cell: 2 noise draws x 2 timesteps per clip on the first 24 trained clients (the
@@ -122,12 +133,20 @@ CLIPS_PER_CLIENT = 2
 #: only the noise
 COHORT_CLIP = 0.45
 
-#: the corruption kinds of the unreliable factor: the ones that damage a talking-head model's conditioning
+#: the corruption kinds that break a talking-head model's conditioning; the ``mixed`` factor cycles them over its
+#: unreliable clients (one kind each), which measures the ISFA score's AUC per kind
 HARMFUL_KINDS = ("swapped_audio", "heavy_offset", "wrong_identity", "channel_swap")
+#: the kind of every unreliable client of the ``unreliable`` factor: the one whose updates measurably damage the
+#: reliable clients under FedAvg. Measured (6 rounds, FedAvg, 50 % unreliable, seed 0, the 4 reliable clients
+#: against the same clients at 0 %): all ``wrong_identity`` -0.30 dB shift_psnr, -0.11 dB whole-frame psnr (every
+#: client lower); all ``channel_swap`` +0.18 / 0.00; the four kinds cycled (one client each, the earlier grid)
+#: +0.07 [-0.04, 0.19] over 3 seeds: one client of a kind is a quarter of the dose.
+DAMAGING_KINDS = ("wrong_identity",)
 
 
 def default_grid(*, quick: bool, severity: float, seeds: int | None = None, cohort_clients: int = 100,
-                 cohort_rate: float = 0.2, kinds: tuple[str, ...] = HARMFUL_KINDS) -> Grid:
+                 cohort_rate: float = 0.2, kinds: tuple[str, ...] = DAMAGING_KINDS,
+                 mixed_kinds: tuple[str, ...] | None = None) -> Grid:
     # sized for the 2-core CPU: --quick about 10 min and the full grid (75 runs) under 2 h with --jobs 2
     rounds = 6 if quick else 8
     base = {
@@ -150,7 +169,8 @@ def default_grid(*, quick: bool, severity: float, seeds: int | None = None, coho
                 fractions=(0.0, 0.5) if quick else (0.0, 0.25, 0.5), epsilons=(0.0, 8.0) if quick else (0.0, 8.0, 2.0),
                 lambdas=(0.0, 0.1),
                 methods=("backbone", "local", "fedavg", "isfa") if quick else METHODS,
-                dp_methods=("fedavg",) if quick else FEDERATED)
+                dp_methods=("fedavg",) if quick else FEDERATED,
+                mixed_kinds=(() if quick else HARMFUL_KINDS) if mixed_kinds is None else tuple(mixed_kinds))
 
 
 def dp_overrides(eps: float, *, rounds: int, sample_rate: float, delta: float = 1e-5) -> dict[str, Any]:
@@ -182,6 +202,11 @@ def cells(grid: Grid) -> list[Cell]:
             for m in trained:
                 out.append(Cell("unreliable", f"{f:g}", m, seed, tuple({**grid.base, "data.unreliable_fraction": f,
                                                                         **_eval_baseline(m)}.items())))
+        if grid.mixed_kinds:
+            for m in grid.mixed_methods:
+                out.append(Cell("mixed", f"{grid.mixed_fraction:g}", m, seed, tuple(
+                    {**grid.base, "data.unreliable_fraction": grid.mixed_fraction,
+                     "data.unreliable_kinds": list(grid.mixed_kinds), **_eval_baseline(m)}.items())))
         for lam in grid.lambdas:
             out.append(Cell("tdc", f"lambda{lam:g}", "isfa", seed, tuple({**grid.base, "train.lambda_tdc": lam,
                                                                           **_eval_baseline("isfa")}.items())))
@@ -333,25 +358,32 @@ def paired_vs(units: pd.DataFrame, metrics=METRICS, references=REFERENCES) -> pd
 
 
 def vs_clean(units: pd.DataFrame, metrics=METRICS) -> pd.DataFrame:
-    """Each method of the unreliable factor at fraction f > 0 against ITSELF at fraction 0, paired on the same
-    (seed, client), separately on the clients that are reliable at f and on those that are unreliable at f: what
-    the corrupted clients cost the others (through the shared adapter) and themselves."""
+    """Each method of the unreliable factor at fraction f > 0 (and of the ``mixed`` factor, level ``mixed <f>``)
+    against ITSELF at the unreliable factor's fraction 0, paired on the same (seed, client), separately on the
+    clients that are reliable at f and on those that are unreliable at f: what the corrupted clients cost the
+    others (through the shared adapter) and themselves."""
     from pftray.evaluation.stats import paired_difference
 
     u = units[units["factor"] == "unreliable"]
     if u.empty:
         return pd.DataFrame()
     clean_level = min(u["level"], key=float)
+    levels = [("unreliable", lv, lv) for lv in sorted(set(u["level"]) - {clean_level}, key=float)]
+    mixed = units[units["factor"] == "mixed"]
+    levels += [("mixed", lv, f"mixed {lv}") for lv in dict.fromkeys(mixed["level"])]
     rows = []
-    for method in dict.fromkeys(u["method"]):
+    for method in dict.fromkeys(units.loc[units["factor"].isin(["unreliable", "mixed"]), "method"]):
         base = u[(u["method"] == method) & (u["level"] == clean_level)].set_index(["seed", "client_id"])
-        for level in sorted(set(u["level"]) - {clean_level}, key=float):
-            cur = u[(u["method"] == method) & (u["level"] == level)].set_index(["seed", "client_id"])
+        if base.empty:
+            continue
+        for factor, level, label in levels:
+            cur = units[(units["factor"] == factor) & (units["method"] == method) & (units["level"] == level)]
+            cur = cur.set_index(["seed", "client_id"])
             for group, mask in (("reliable", cur["unreliable"] == ""), ("unreliable", cur["unreliable"] != "")):
                 for m in metrics:
                     d = paired_difference(cur[mask][m], base[m])
                     if d["n_pairs"] >= 2:
-                        rows.append({"method": method, "level": level, "clients": group, "metric": m, **d})
+                        rows.append({"method": method, "level": label, "clients": group, "metric": m, **d})
     return pd.DataFrame(rows)
 
 
@@ -483,14 +515,16 @@ def markdown(units: pd.DataFrame, aucs: pd.DataFrame | None = None, *, metrics=M
 
 
 def reliability_aucs(units: pd.DataFrame, run_dirs: dict[str, Path]) -> pd.DataFrame:
-    """AUC per kind of the unreliable factor's cells, over per-client means of each run, pooled per level."""
+    """AUC per kind of the unreliable and ``mixed`` factors' cells (level ``mixed <f>``), over per-client means of
+    each run, pooled per level."""
     from pftray.config import config_from_dict
     from pftray.evaluation.ground_truth import unreliable_clients
     from pftray.evaluation.reliability import auc_by_kind, signal_table
     from pftray.results import load_run
 
     out = []
-    cells_ = units[(units["factor"] == "unreliable") & (units["method"] != "backbone")]
+    cells_ = units[units["factor"].isin(["unreliable", "mixed"]) & (units["method"] != "backbone")]
+    cells_ = cells_.assign(level=np.where(cells_["factor"] == "mixed", "mixed " + cells_["level"], cells_["level"]))
     for level, g in cells_.groupby("level", sort=False):
         tables = []
         for run in dict.fromkeys(g["run"]):
@@ -649,22 +683,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="the small grid (first answer; not the full benchmark)")
     ap.add_argument("--severity", type=float, default=1.0, help="data.shift_severity of every cell")
     ap.add_argument("--seeds", type=int, default=None, help="seeds per cell (default 3; --quick 2)")
-    ap.add_argument("--factors", nargs="+", default=["unreliable", "tdc", "dp"], choices=["unreliable", "tdc", "dp"])
+    ap.add_argument("--factors", nargs="+", default=["unreliable", "mixed", "tdc", "dp"],
+                    choices=["unreliable", "mixed", "tdc", "dp"])
     ap.add_argument("--cohort-clients", type=int, default=100)
     ap.add_argument("--cohort-rate", type=float, default=0.2)
     ap.add_argument("--jobs", type=int, default=1,
                     help="runs at a time, each in its own process with one torch thread (2 on a 2-core machine)")
     ap.add_argument("--report-only", action="store_true",
                     help="run nothing: write the answer from the cells already finished under --work")
-    ap.add_argument("--kinds", nargs="+", default=list(HARMFUL_KINDS),
-                    help="data.unreliable_kinds of the unreliable factor (default: the harmful kinds)")
+    ap.add_argument("--kinds", nargs="+", default=list(DAMAGING_KINDS),
+                    help="data.unreliable_kinds of the unreliable factor (default: the damaging kind)")
+    ap.add_argument("--mixed-kinds", nargs="+", default=None,
+                    help="kinds the mixed factor cycles over its unreliable clients (default: the four harmful "
+                         "kinds; none with --quick)")
     args = ap.parse_args(argv)
     if args.cohort_clients < 100 or args.cohort_clients * args.cohort_rate < 20:
         print("python -m bench federation: the DP cohort needs >= 100 clients and >= 20 expected per round "
               f"(got {args.cohort_clients} x {args.cohort_rate})", file=sys.stderr)
         return 2
     grid = default_grid(quick=args.quick, severity=args.severity, seeds=args.seeds,
-                        cohort_clients=args.cohort_clients, cohort_rate=args.cohort_rate, kinds=tuple(args.kinds))
+                        cohort_clients=args.cohort_clients, cohort_rate=args.cohort_rate, kinds=tuple(args.kinds),
+                        mixed_kinds=None if args.mixed_kinds is None else tuple(args.mixed_kinds))
     command = "python -m bench federation " + " ".join(argv if argv is not None else sys.argv[1:])
     res = run_grid(grid, config=Path(args.config), work=Path(args.work), out=Path(args.out),
                    factors=tuple(args.factors), command=command.strip(), jobs=max(1, args.jobs),

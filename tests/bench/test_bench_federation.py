@@ -198,3 +198,51 @@ def test_report_only_writes_the_answer_from_finished_cells_and_runs_nothing(grid
     with pytest.raises(FileNotFoundError, match="no finished cell"):
         run_grid(grid, config=root / "tiny.yaml", work=tmp_path / "empty", out=tmp_path / "o2",
                  factors=("unreliable",), progress=lambda _: None, report_only=True)
+
+
+def test_mixed_factor_is_paired_against_the_clean_cell_and_reuses_an_equal_run(grid_result, tmp_path):
+    """The ``mixed`` factor's cell with the same kinds as the unreliable factor's 0.5 cell is that run (nothing
+    trains), and its 'mixed 0.5' harm rows are the 0.5 rows, paired against the unreliable factor's fraction 0."""
+    import dataclasses
+
+    from bench.federation import cells, run_grid, vs_clean
+    from pftray.data.types import DEFAULT_UNRELIABLE_KINDS
+
+    grid, res, root, lines = grid_result
+    mixed = dataclasses.replace(grid, mixed_kinds=tuple(DEFAULT_UNRELIABLE_KINDS), mixed_methods=("fedavg",))
+    cs = [c for c in cells(mixed) if c.factor == "mixed"]
+    assert [(c.level, c.method) for c in cs] == [("0.5", "fedavg")]
+    over = dict(cs[0].overrides)
+    assert over["data.unreliable_fraction"] == 0.5
+    assert over["data.unreliable_kinds"] == list(DEFAULT_UNRELIABLE_KINDS)
+    before = sorted(p.name for p in (root / "work" / "runs").iterdir())
+    rep = run_grid(mixed, config=root / "tiny.yaml", work=root / "work", out=tmp_path / "out",
+                   factors=("unreliable", "mixed"), progress=lambda _: None, report_only=True)
+    assert sorted(p.name for p in (root / "work" / "runs").iterdir()) == before
+    u = rep["units"]
+    m = u[(u["factor"] == "mixed") & (u["method"] == "fedavg")].drop(columns=["factor"]).reset_index(drop=True)
+    h = u[(u["factor"] == "unreliable") & (u["level"] == "0.5") & (u["method"] == "fedavg")]
+    assert m.equals(h.drop(columns=["factor"]).reset_index(drop=True))
+    vc = vs_clean(u).set_index(["method", "level", "clients", "metric"])
+    a, b = vc.loc[("fedavg", "mixed 0.5", "reliable", "psnr")], vc.loc[("fedavg", "0.5", "reliable", "psnr")]
+    assert a["n_pairs"] == b["n_pairs"] == 2 and a["mean_diff"] == pytest.approx(b["mean_diff"])
+    clean = u[(u["factor"] == "unreliable") & (u["level"] == "0") & (u["method"] == "fedavg")].set_index("client_id")
+    rel = h[h["unreliable"] == ""].set_index("client_id")
+    assert a["mean_diff"] == pytest.approx((rel["psnr"] - clean.loc[rel.index, "psnr"]).mean())
+    assert "| fedavg | mixed 0.5 | reliable | psnr |" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_run_names_ignore_the_kinds_only_without_unreliable_clients(tmp_path):
+    from bench.federation import Cell
+    from pftray.config import config_from_dict, dump_config
+
+    config = tmp_path / "tiny.yaml"
+    dump_config(config_from_dict(tiny_dict()), config)
+
+    def name(fraction, kinds):
+        over = (("data.unreliable_fraction", fraction), ("data.unreliable_kinds", list(kinds)))
+        return Cell("unreliable", str(fraction), "fedavg", 0, over).run_name(config)
+
+    assert name(0.0, ["wrong_identity"]) == name(0.0, ["noise", "offset"])  # inert kinds: one run
+    assert name(0.5, ["wrong_identity"]) != name(0.5, ["noise", "offset"])
+    assert name(0.5, ["wrong_identity"]) != name(0.0, ["wrong_identity"])
