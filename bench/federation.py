@@ -133,21 +133,30 @@ CLIPS_PER_CLIENT = 2
 #: only the noise
 COHORT_CLIP = 0.45
 
+#: the factors whose cells have unreliable clients (harm against the clean cell, score AUC per kind)
+UNRELIABLE_FACTORS = ("unreliable", "mixed")
+
+
+def _harm_level(factor: str, level: str) -> str:
+    """The label of an unreliable-clients level in the harm and AUC tables (``mixed 0.5`` for the mixed factor)."""
+    return f"mixed {level}" if factor == "mixed" else level
+
+
 #: the corruption kinds that break a talking-head model's conditioning; the ``mixed`` factor cycles them over its
 #: unreliable clients (one kind each), which measures the ISFA score's AUC per kind
 HARMFUL_KINDS = ("swapped_audio", "heavy_offset", "wrong_identity", "channel_swap")
-#: the kind of every unreliable client of the ``unreliable`` factor: the one whose updates measurably damage the
-#: reliable clients under FedAvg. Measured (6 rounds, FedAvg, 50 % unreliable, seed 0, the 4 reliable clients
-#: against the same clients at 0 %): all ``wrong_identity`` -0.30 dB shift_psnr, -0.11 dB whole-frame psnr (every
-#: client lower); all ``channel_swap`` +0.18 / 0.00; the four kinds cycled (one client each, the earlier grid)
-#: +0.07 [-0.04, 0.19] over 3 seeds: one client of a kind is a quarter of the dose.
+#: the kind of every unreliable client of the ``unreliable`` factor: the one whose updates damaged the reliable
+#: clients under FedAvg in a probe (6 rounds, FedAvg, 50 % unreliable, seed 0, the 4 reliable clients against the
+#: same clients at 0 %): all ``wrong_identity`` -0.30 dB shift_psnr, -0.11 dB whole-frame psnr (every client
+#: lower); all ``channel_swap`` +0.18 / 0.00. The full grid (8 rounds, 3 seeds) does not confirm it: -0.04
+#: [-0.25, 0.18] shift_psnr on the reliable clients at 50 % (bench/results/federation/summary.md).
 DAMAGING_KINDS = ("wrong_identity",)
 
 
 def default_grid(*, quick: bool, severity: float, seeds: int | None = None, cohort_clients: int = 100,
                  cohort_rate: float = 0.2, kinds: tuple[str, ...] = DAMAGING_KINDS,
                  mixed_kinds: tuple[str, ...] | None = None) -> Grid:
-    # sized for the 2-core CPU: --quick about 10 min and the full grid (75 runs) under 2 h with --jobs 2
+    # sized for the 2-core CPU: --quick about 10 min and the full grid (81 runs) under 2 h with --jobs 2
     rounds = 6 if quick else 8
     base = {
         "data.shift_severity": severity, "data.unreliable_fraction": 0.0, "data.num_clients": 8,
@@ -368,22 +377,22 @@ def vs_clean(units: pd.DataFrame, metrics=METRICS) -> pd.DataFrame:
     if u.empty:
         return pd.DataFrame()
     clean_level = min(u["level"], key=float)
-    levels = [("unreliable", lv, lv) for lv in sorted(set(u["level"]) - {clean_level}, key=float)]
-    mixed = units[units["factor"] == "mixed"]
-    levels += [("mixed", lv, f"mixed {lv}") for lv in dict.fromkeys(mixed["level"])]
+    levels = [("unreliable", lv) for lv in sorted(set(u["level"]) - {clean_level}, key=float)]
+    levels += [("mixed", lv) for lv in dict.fromkeys(units.loc[units["factor"] == "mixed", "level"])]
     rows = []
-    for method in dict.fromkeys(units.loc[units["factor"].isin(["unreliable", "mixed"]), "method"]):
+    for method in dict.fromkeys(units.loc[units["factor"].isin(UNRELIABLE_FACTORS), "method"]):
         base = u[(u["method"] == method) & (u["level"] == clean_level)].set_index(["seed", "client_id"])
         if base.empty:
             continue
-        for factor, level, label in levels:
+        for factor, level in levels:
             cur = units[(units["factor"] == factor) & (units["method"] == method) & (units["level"] == level)]
             cur = cur.set_index(["seed", "client_id"])
             for group, mask in (("reliable", cur["unreliable"] == ""), ("unreliable", cur["unreliable"] != "")):
                 for m in metrics:
                     d = paired_difference(cur[mask][m], base[m])
                     if d["n_pairs"] >= 2:
-                        rows.append({"method": method, "level": label, "clients": group, "metric": m, **d})
+                        rows.append({"method": method, "level": _harm_level(factor, level), "clients": group,
+                                     "metric": m, **d})
     return pd.DataFrame(rows)
 
 
@@ -523,8 +532,8 @@ def reliability_aucs(units: pd.DataFrame, run_dirs: dict[str, Path]) -> pd.DataF
     from pftray.results import load_run
 
     out = []
-    cells_ = units[units["factor"].isin(["unreliable", "mixed"]) & (units["method"] != "backbone")]
-    cells_ = cells_.assign(level=np.where(cells_["factor"] == "mixed", "mixed " + cells_["level"], cells_["level"]))
+    cells_ = units[units["factor"].isin(UNRELIABLE_FACTORS) & (units["method"] != "backbone")]
+    cells_ = cells_.assign(level=[_harm_level(f, lv) for f, lv in zip(cells_["factor"], cells_["level"])])
     for level, g in cells_.groupby("level", sort=False):
         tables = []
         for run in dict.fromkeys(g["run"]):
@@ -683,8 +692,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="the small grid (first answer; not the full benchmark)")
     ap.add_argument("--severity", type=float, default=1.0, help="data.shift_severity of every cell")
     ap.add_argument("--seeds", type=int, default=None, help="seeds per cell (default 3; --quick 2)")
-    ap.add_argument("--factors", nargs="+", default=["unreliable", "mixed", "tdc", "dp"],
-                    choices=["unreliable", "mixed", "tdc", "dp"])
+    factors = [*UNRELIABLE_FACTORS, "tdc", "dp"]
+    ap.add_argument("--factors", nargs="+", default=factors, choices=factors)
     ap.add_argument("--cohort-clients", type=int, default=100)
     ap.add_argument("--cohort-rate", type=float, default=0.2)
     ap.add_argument("--jobs", type=int, default=1,
