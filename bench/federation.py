@@ -7,8 +7,8 @@ unreliable clients, no DP, TDC at the quickstart's weight) and varies **one fact
 * ``unreliable``: the methods and baselines (``backbone``, ``local``, ``fedavg``, ``fedprox``, ``isfa``,
   ``pooled``) x ``data.unreliable_fraction`` in {0, 0.25, 0.5}, every unreliable client of the kind that damages
   the others under FedAvg (:data:`DAMAGING_KINDS`);
-* ``mixed``: FedAvg and ISFA at fraction 0.5 with the four harmful kinds cycled over the unreliable clients (one
-  kind each): the ISFA score's AUC per kind, and what a mixed population costs;
+* ``mixed``: FedAvg and ISFA at fraction 0.75 with the six harmful kinds (:data:`HARMFUL_KINDS`) cycled over the
+  unreliable clients (one kind each): the ISFA score's AUC per kind, and what a mixed population costs;
 * ``dp``: the federated methods x client-level DP {off, epsilon ~ 8, epsilon ~ 2} on a **cohort** of
   ``--cohort-clients`` registered clients (>= 100) with Poisson rate ``--cohort-rate`` (>= 20 expected per round), with
   the default cell's 64 px model and backbone, 1 training clip and 4 local steps per client (a 32 px cohort with a
@@ -93,6 +93,8 @@ class Cell:
         resolved["experiment"].pop("name", None)
         if not resolved["data"]["unreliable_fraction"]:
             resolved["data"].pop("unreliable_kinds")  # inert without unreliable clients: the same run
+        if not resolved["eval"].get("global_model"):
+            resolved["eval"].pop("global_model", None)  # off = the runs made before the key existed
         resolved["model"]["backbone"] = Path(str(resolved["model"]["backbone"] or "")).name
         key = hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:10]
         return f"{self.method}-s{self.seed}-{key}"
@@ -116,7 +118,7 @@ class Grid:
     #: the ``mixed`` factor: ``mixed_methods`` at unreliable fraction ``mixed_fraction`` with ``mixed_kinds`` cycled
     #: over the unreliable clients (empty = no such factor)
     mixed_kinds: tuple[str, ...] = ()
-    mixed_fraction: float = 0.5
+    mixed_fraction: float = 0.75
     mixed_methods: tuple[str, ...] = ("fedavg", "isfa")
 
 
@@ -142,15 +144,19 @@ def _harm_level(factor: str, level: str) -> str:
     return f"mixed {level}" if factor == "mixed" else level
 
 
-#: the corruption kinds that break a talking-head model's conditioning; the ``mixed`` factor cycles them over its
-#: unreliable clients (one kind each), which measures the ISFA score's AUC per kind
-HARMFUL_KINDS = ("swapped_audio", "heavy_offset", "wrong_identity", "channel_swap")
-#: the kind of every unreliable client of the ``unreliable`` factor: the one whose updates damaged the reliable
-#: clients under FedAvg in a probe (6 rounds, FedAvg, 50 % unreliable, seed 0, the 4 reliable clients against the
-#: same clients at 0 %): all ``wrong_identity`` -0.30 dB shift_psnr, -0.11 dB whole-frame psnr (every client
-#: lower); all ``channel_swap`` +0.18 / 0.00. The full grid (8 rounds, 3 seeds) does not confirm it: -0.04
-#: [-0.25, 0.18] shift_psnr on the reliable clients at 50 % (bench/results/federation/summary.md).
-DAMAGING_KINDS = ("wrong_identity",)
+#: the corruption kinds that break a talking-head model's conditioning or hide what it must learn; the ``mixed``
+#: factor cycles them over its unreliable clients (one kind each), which measures the ISFA score's AUC per kind
+HARMFUL_KINDS = ("swapped_audio", "heavy_offset", "wrong_identity", "channel_swap", "occluded", "blur")
+#: the kind of every unreliable client of the ``unreliable`` factor: a microphone in front of the mouth, the one
+#: kind that damaged the shared adapter in probes (8 rounds, FedAvg, 50 % unreliable, seed 0, the 4 reliable
+#: clients against the same clients at 0 %). The shared adapter alone (model ``global``): ``occluded`` -0.72 dB
+#: shift_psnr (every client lower, -0.20 to -1.65); personalised -0.20 dB shift_psnr, -0.07 lip sync (every client
+#: lower). Every other kind left the shared adapter where it was or better (+0.0 to +0.3 dB global shift_psnr):
+#: the audio kinds (heavy_offset, swapped_audio), frozen and wrong_identity keep the teeth in view, and noise,
+#: blur and channel_swap keep them bright and in place, so those clients still teach the shared shift; only an
+#: occluder hides it. An earlier probe's wrong_identity harm (6 rounds) was not confirmed by the previous grid
+#: (-0.04 [-0.25, 0.18] shift_psnr at 50 %, 3 seeds).
+DAMAGING_KINDS = ("occluded",)
 
 
 def default_grid(*, quick: bool, severity: float, seeds: int | None = None, cohort_clients: int = 100,
@@ -197,6 +203,13 @@ def _eval_baseline(method: str) -> dict[str, Any]:
     return {} if method == "fedavg" else {"eval.baseline": False}
 
 
+def _eval_global(method: str) -> dict[str, Any]:
+    """The federated runs outside the DP cohort also sample the shared adapter alone (``eval.global_model``; rows
+    of method ``<method>/global``): what unreliable clients do to the shared adapter, before the reliable
+    clients' own identity adapters absorb it."""
+    return {"eval.global_model": True} if method in FEDERATED else {}
+
+
 def cells(grid: Grid) -> list[Cell]:
     out: list[Cell] = []
     trained = [m for m in grid.methods if m != "backbone"]
@@ -210,15 +223,18 @@ def cells(grid: Grid) -> list[Cell]:
         for f in grid.fractions:
             for m in trained:
                 out.append(Cell("unreliable", f"{f:g}", m, seed, tuple({**grid.base, "data.unreliable_fraction": f,
-                                                                        **_eval_baseline(m)}.items())))
+                                                                        **_eval_baseline(m),
+                                                                        **_eval_global(m)}.items())))
         if grid.mixed_kinds:
             for m in grid.mixed_methods:
                 out.append(Cell("mixed", f"{grid.mixed_fraction:g}", m, seed, tuple(
                     {**grid.base, "data.unreliable_fraction": grid.mixed_fraction,
-                     "data.unreliable_kinds": list(grid.mixed_kinds), **_eval_baseline(m)}.items())))
+                     "data.unreliable_kinds": list(grid.mixed_kinds), **_eval_baseline(m),
+                     **_eval_global(m)}.items())))
         for lam in grid.lambdas:
             out.append(Cell("tdc", f"lambda{lam:g}", "isfa", seed, tuple({**grid.base, "train.lambda_tdc": lam,
-                                                                          **_eval_baseline("isfa")}.items())))
+                                                                          **_eval_baseline("isfa"),
+                                                                          **_eval_global("isfa")}.items())))
         for level, dp in dp_levels:
             for m in grid.dp_methods:
                 out.append(Cell("dp", level, m, seed, tuple({**grid.base, **grid.cohort, **dp,
@@ -301,7 +317,8 @@ def audit_cell(run_dir: Path, settings: dict[str, Any]) -> dict[str, float]:
 
 def unit_rows(cell: Cell, run_dir: Path, name: str, audit: dict[str, float] | None = None) -> pd.DataFrame:
     """Per-client means over clips of the run's final evaluation: the trained method's ``personalised`` rows
-    (and, from a FedAvg run, the ``backbone`` rows as method ``backbone``), with the ground-truth label."""
+    (and, from a FedAvg run, the ``backbone`` rows as method ``backbone``; with ``eval.global_model``, the
+    ``global`` rows as method ``<method>/global``), with the ground-truth label."""
     from pftray.evaluation.ground_truth import unreliable_clients
     from pftray.results import load_run
 
@@ -310,9 +327,10 @@ def unit_rows(cell: Cell, run_dir: Path, name: str, audit: dict[str, float] | No
     ev = ev[ev["server_round"] == ev["server_round"].max()]
     labels = unreliable_clients(res["config"])
     frames = []
-    pick = {"personalised": cell.method}
+    pick = {"personalised": cell.method, "global": f"{cell.method}/global"}
     if cell.method == "fedavg":
         pick["backbone"] = "backbone"
+    pick = {model: method for model, method in pick.items() if (ev["model"] == model).any()}
     for model, method in pick.items():
         sub = ev[ev["model"] == model]
         cols = {m: pd.to_numeric(sub[m], errors="coerce") if m in sub else math.nan for m in METRICS}
@@ -435,12 +453,18 @@ def _delta(r: pd.Series) -> str:
 
 
 def markdown(units: pd.DataFrame, aucs: pd.DataFrame | None = None, *, metrics=METRICS, command: str = "",
-             missing_runs: tuple[int, int] | None = None) -> str:
-    """The summary; ``missing_runs`` = (not finished, of all) marks a partial grid."""
+             missing_runs: tuple[int, int] | None = None, reused_runs: int = 0) -> str:
+    """The summary; ``missing_runs`` = (not finished, of all) marks a partial grid; ``reused_runs`` counts the
+    runs whose rows came from an earlier answer (``--reuse-units``)."""
     lines = ["# Federated benchmark (`python -m bench federation`)", ""]
     if missing_runs and missing_runs[0]:
         lines += [f"**Partial grid: {missing_runs[0]} of {missing_runs[1]} runs not finished (not in these "
                   "tables).**", ""]
+    if reused_runs:
+        runs = sorted(set(units["run"]))
+        lines += [f"**{reused_runs} of {len(runs)} runs are reused rows of an earlier answer (`--reuse-units`: the "
+                  "same run names, i.e. the same resolved configs; their run directories were not kept, so the "
+                  "plots and AUCs leave them out).**", ""]
     if command:
         lines += [f"Command: `{command}`", ""]
     lines += ["Mean ± 95 % t-interval over (seed, client) units of the held-out clips; Δ = paired mean difference "
@@ -536,7 +560,7 @@ def reliability_aucs(units: pd.DataFrame, run_dirs: dict[str, Path]) -> pd.DataF
     cells_ = cells_.assign(level=[_harm_level(f, lv) for f, lv in zip(cells_["factor"], cells_["level"])])
     for level, g in cells_.groupby("level", sort=False):
         tables = []
-        for run in dict.fromkeys(g["run"]):
+        for run in [r for r in dict.fromkeys(g["run"]) if r in run_dirs]:
             res = load_run(run_dirs[run])
             cfg = config_from_dict(res["config"])
             labels = unreliable_clients(cfg)
@@ -580,9 +604,10 @@ def plots(units: pd.DataFrame, run_dirs: dict[str, Path], out: Path, metric: str
         if method == "backbone":
             continue
         series = []
-        for run in dict.fromkeys(default[default["method"] == method]["run"]):
+        model = "global" if method.endswith("/global") else "personalised"
+        for run in [r for r in dict.fromkeys(default[default["method"] == method]["run"]) if r in run_dirs]:
             ev = load_run(run_dirs[run])["eval"]
-            ev = ev[ev["model"] == "personalised"]
+            ev = ev[ev["model"] == model]
             if metric in ev:
                 series.append(ev.groupby("server_round")[metric].mean())
         if series:
@@ -622,11 +647,24 @@ def _run_and_audit(cell: Cell, config: Path, work: Path, backbone: Path | None, 
     return path, (audit_cell(path, audit) if cell.factor == "dp" and audit else None)
 
 
+def _reusable(prev: pd.DataFrame | None, cell: Cell, name: str) -> pd.DataFrame | None:
+    """The rows of ``cell`` in an earlier answer's units (``--reuse-units``), matched by run name (a hash of the
+    run's whole resolved config, so only a run of the very same settings matches), factor and level."""
+    if prev is None:
+        return None
+    rows = prev[(prev["run"] == name) & (prev["factor"] == cell.factor) & (prev["level"] == cell.level)]
+    return rows.reset_index(drop=True) if len(rows) else None
+
+
 def run_grid(grid: Grid, *, config: Path, work: Path, out: Path, factors: tuple[str, ...], command: str = "",
-             progress=print, jobs: int = 1, report_only: bool = False) -> dict[str, Any]:
+             progress=print, jobs: int = 1, report_only: bool = False,
+             reuse_units: pd.DataFrame | None = None) -> dict[str, Any]:
     """Run (or keep) every cell of ``factors``, ``jobs`` runs at a time (each in its own process with one torch
     thread when ``jobs`` > 1), then write the answer to ``out``. ``report_only`` runs nothing: the answer is
-    written from the cells already finished under ``work`` (a partial grid says so in its summary)."""
+    written from the cells already finished under ``work`` (a partial grid says so in its summary).
+    ``reuse_units`` (an earlier ``units.parquet``): a cell whose run directory is not finished under ``work`` but
+    whose run (same name, i.e. the same resolved config) has rows there is not run; its rows are taken as they are
+    (the summary counts them; the plots and AUCs, which read run directories, leave them out)."""
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     todo = [c for c in cells(grid) if c.factor in factors]
@@ -635,13 +673,19 @@ def run_grid(grid: Grid, *, config: Path, work: Path, out: Path, factors: tuple[
     named = [(cell, backbone if cell.factor == "dp" else None) for cell in todo]
     named = [(cell, bb, cell.run_name(config, bb)) for cell, bb in named]
     unique: dict[str, tuple[Cell, Path | None]] = {}
+    reused: dict[tuple[str, str, str], pd.DataFrame] = {}
     for cell, bb, name in named:
-        unique.setdefault(name, (cell, bb))
+        rows = None if _finished(work / "runs" / name) else _reusable(reuse_units, cell, name)
+        if rows is not None:
+            reused[(name, cell.factor, cell.level)] = rows
+        else:
+            unique.setdefault(name, (cell, bb))
+    named = [x for x in named if (x[2], x[0].factor, x[0].level) not in reused]
     missing = 0
     if report_only:
         kept = {n: v for n, v in unique.items() if _finished(work / "runs" / n)}
         missing = len(unique) - len(kept)
-        if not kept:
+        if not kept and not reused:
             raise FileNotFoundError(f"{work}: no finished cell of this grid to report")
         unique, named = kept, [x for x in named if x[2] in kept]
     t0 = time.perf_counter()
@@ -672,13 +716,16 @@ def run_grid(grid: Grid, *, config: Path, work: Path, out: Path, factors: tuple[
         path, audit = results[name]
         run_dirs[name] = path
         frames.append(unit_rows(cell, path, name, audit))
+    frames += list(reused.values())
     units = pd.concat(frames, ignore_index=True)
     units.to_parquet(out / "units.parquet", index=False)
     aucs = reliability_aucs(units, run_dirs)
     if not aucs.empty:
         aucs.to_parquet(out / "reliability_auc.parquet", index=False)
+    n_reused = len({name for name, _f, _lv in reused})
     (out / "summary.md").write_text(markdown(units, aucs, command=command,
-                                             missing_runs=(missing, missing + len(unique))))
+                                             missing_runs=(missing, missing + len(unique) + n_reused),
+                                             reused_runs=n_reused))
     figs = plots(units, run_dirs, out)
     return {"units": units, "aucs": aucs, "summary": out / "summary.md", "plots": figs,
             "wall_s": time.perf_counter() - t0}
@@ -700,10 +747,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="runs at a time, each in its own process with one torch thread (2 on a 2-core machine)")
     ap.add_argument("--report-only", action="store_true",
                     help="run nothing: write the answer from the cells already finished under --work")
+    ap.add_argument("--reuse-units", default=None, metavar="PARQUET",
+                    help="an earlier answer's units.parquet: cells not finished under --work whose run (same "
+                         "resolved config) has rows there are not run, and their rows are reused (said in the "
+                         "summary)")
     ap.add_argument("--kinds", nargs="+", default=list(DAMAGING_KINDS),
                     help="data.unreliable_kinds of the unreliable factor (default: the damaging kind)")
     ap.add_argument("--mixed-kinds", nargs="+", default=None,
-                    help="kinds the mixed factor cycles over its unreliable clients (default: the four harmful "
+                    help="kinds the mixed factor cycles over its unreliable clients (default: the six harmful "
                          "kinds; none with --quick)")
     args = ap.parse_args(argv)
     if args.cohort_clients < 100 or args.cohort_clients * args.cohort_rate < 20:
@@ -716,7 +767,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m bench federation " + " ".join(argv if argv is not None else sys.argv[1:])
     res = run_grid(grid, config=Path(args.config), work=Path(args.work), out=Path(args.out),
                    factors=tuple(args.factors), command=command.strip(), jobs=max(1, args.jobs),
-                   report_only=args.report_only)
+                   report_only=args.report_only,
+                   reuse_units=None if args.reuse_units is None else pd.read_parquet(args.reuse_units))
     print(res["summary"].read_text())
     print(f"wrote {res['summary']}, {Path(args.out) / 'units.parquet'}, " + ", ".join(map(str, res["plots"])))
     return 0

@@ -42,7 +42,7 @@ class ExperimentConfig:
 
 #: = pftray.data.types.UNRELIABLE_KINDS (repeated so that reading a config imports no data code; a test keeps them equal)
 UNRELIABLE_KINDS = ("offset", "noise", "frozen", "heavy_offset", "swapped_audio", "wrong_identity",
-                    "channel_swap")
+                    "channel_swap", "blur", "occluded")
 
 
 @dataclass(frozen=True)
@@ -237,6 +237,9 @@ class EvalConfig:
     baseline: bool = _f(True, "also sample the pre-trained backbone alone (model 'backbone') and copy the reference "
                         "(model 'copy') in each evaluation; off halves its cost when another run on the same "
                         "clients already gives those rows")
+    global_model: bool = _f(False, "also sample the global shared adapter with a data-independent identity adapter "
+                            "(model 'global': what the federation gives a client before its own training, and "
+                            "the only part unreliable clients can damage for the others)")
     local_baseline: bool = _f(False, "also train a local-only shadow of each evaluated client (both adapters on its "
                               "own clips, the same steps whenever it is sampled, nothing sent) and evaluate it as "
                               "model 'local' beside the personalised one")

@@ -704,6 +704,14 @@ def corrupt_clip(clip: Clip, kind: str, rng: np.random.Generator, *, shift: Clie
     * ``"channel_swap"``: the frames' colour channels reversed (RGB stored as BGR, the OpenCV capture-pipeline
       bug) while the client's reference frame, taken elsewhere, stays right: the face's colours no longer
       match the reference, every frame, every pixel. Geometry, audio and labels are unchanged.
+    * ``"blur"``: every frame defocused (an out-of-focus or smeared webcam): a Gaussian blur of standard
+      deviation 4-6 % of the frame width (2.6-3.8 px at 64 px), per clip. Unlike ``noise``, whose pixel mean is
+      the clean frame, a blurred frame is a biased target: teeth and lip edges are smeared in expectation.
+      Audio, geometry and labels are unchanged.
+    * ``"occluded"``: a microphone held in front of the mouth (an interview or podcast capture): a flat dark disc
+      (grey level 40-70, radius 0.5-0.65 of the mouth box's larger side) centred on the mouth in every frame,
+      so the training frames never show the lips or the teeth. Audio, geometry and labels (those of the
+      face behind it) are unchanged.
 
     Per-frame ``extras`` describe the video shown: they follow the frames of ``frozen``, and ``shift_box`` /
     ``shift_area`` are recomputed for ``wrong_identity``; the audio corruptions leave them as they were.
@@ -762,6 +770,22 @@ def corrupt_clip(clip: Clip, kind: str, rng: np.random.Generator, *, shift: Clie
         out.audio_feats = log_mel_features(audio, n_mels=n_mels, window=window, num_frames=num)
     elif kind == "channel_swap":
         out.frames = np.ascontiguousarray(clip.frames[..., ::-1])
+    elif kind == "occluded":
+        grey = rng.uniform(40.0, 70.0)
+        scale = rng.uniform(0.5, 0.65)
+        h, w = clip.frames.shape[1:3]
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        for t in range(num):
+            y0, y1, x0, x1 = (float(v) for v in clip.mouth_box[t])
+            r = scale * max(y1 - y0, x1 - x0)
+            disc = (yy - (y0 + y1) / 2) ** 2 + (xx - (x0 + x1) / 2) ** 2 <= r * r
+            out.frames[t][disc] = np.uint8(round(grey))
+    elif kind == "blur":
+        from scipy.ndimage import gaussian_filter
+
+        sigma = rng.uniform(0.04, 0.06) * clip.frames.shape[2]
+        blurred = gaussian_filter(clip.frames.astype(np.float32), sigma=(0.0, sigma, sigma, 0.0), mode="nearest")
+        out.frames = np.clip(np.rint(blurred), 0, 255).astype(np.uint8)
     else:  # wrong_identity
         donor = sample_identity(int(rng.integers(2**62)), 0, stream="donor")
         out.frames, out.mouth_box, teeth_cov = _render_frames(

@@ -21,7 +21,7 @@ SAMPLES_PER_FRAME = SAMPLE_RATE // VIDEO_FPS  # 640
 #: corruptions of an unreliable client's training clips (:func:`pftray.data.synthetic.corrupt_clip`): the first
 #: three degrade the data mildly, the last four break the audio-mouth or reference-frame link the model learns from.
 UNRELIABLE_KINDS = ("offset", "noise", "frozen", "heavy_offset", "swapped_audio", "wrong_identity",
-                    "channel_swap")
+                    "channel_swap", "blur", "occluded")
 #: the kinds cycled when none are given (``data.unreliable_kinds``' default): the original three, so runs made before
 #: the new kinds existed keep their data.
 DEFAULT_UNRELIABLE_KINDS = ("offset", "noise", "frozen")
@@ -125,7 +125,8 @@ class ClientData:
         train: training clips (corrupted when ``unreliable`` is set).
         heldout: clean held-out clips for evaluation.
         unreliable: ``None`` or the corruption kind applied to the training clips, one of ``UNRELIABLE_KINDS``
-            ("offset", "noise", "frozen", "heavy_offset", "swapped_audio", "wrong_identity", "channel_swap");
+            ("offset", "noise", "frozen", "heavy_offset", "swapped_audio", "wrong_identity", "channel_swap",
+            "blur", "occluded");
             evaluation reads it as the client's label (e.g. per-kind detection AUC).
     """
 

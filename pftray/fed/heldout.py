@@ -64,15 +64,20 @@ def sample_heldout(trainer, client: ClientData, state, global_shared: np.ndarray
     """Generate the held-out clips of ``client`` under ``personalised`` (global shared adapter + the client's
     identity adapter; a data-independent identity adapter when ``state`` is None), ``backbone`` (both adapters
     disabled) and ``copy`` (the reference frame repeated); with ``local_state`` (the client's local-only shadow,
-    ``eval.local_baseline``) also ``local``: its own shared and identity adapters."""
+    ``eval.local_baseline``) also ``local``: its own shared and identity adapters; with ``cfg.eval.global_model``
+    also ``global``: the global shared adapter with the data-independent identity adapter (the shared adapter
+    alone, as a client gets it before any training of its own)."""
     from pftray.fed.client import ClientState
     from pftray.model.factory import initial_identity_state
 
     if not (baseline or personalised):
         raise ValueError("sample_heldout: nothing to generate (baseline=False and personalised=False)")
     model = trainer.model
+    fresh = None
+    if state is None or cfg.eval.global_model:
+        fresh = ClientState(initial_identity_state(model, client.client_id, cfg.experiment.seed))
     if state is None:
-        state = ClientState(initial_identity_state(model, client.client_id, cfg.experiment.seed))
+        state = fresh
     trainer.load(global_shared, state)
     device = trainer.device
     ref = torch.from_numpy(client.reference).permute(2, 0, 1).float().div(127.5).sub(1).to(device)
@@ -87,6 +92,12 @@ def sample_heldout(trainer, client: ClientData, state, global_shared: np.ndarray
         args = (model, ref, audio, pose)
         if personalised:
             outputs["personalised"] = _generate(*args, steps=cfg.eval.sample_steps, seed=seed)
+        if cfg.eval.global_model:
+            trainer.load(global_shared, fresh)
+            try:
+                outputs["global"] = _generate(*args, steps=cfg.eval.sample_steps, seed=seed)
+            finally:
+                trainer.load(global_shared, state)
         if local_state is not None:
             trainer.load(global_shared, local_state)
             try:

@@ -43,13 +43,16 @@ def test_grid_writes_units_and_a_summary_recomputed_from_them(grid_result):
 
     grid, res, root, lines = grid_result
     units = pd.read_parquet(root / "out" / "units.parquet")
-    assert set(units["method"]) == {"backbone", "local", "fedavg"}
+    assert set(units["method"]) == {"backbone", "local", "fedavg", "fedavg/global"}
     assert set(units["factor"]) == {"unreliable", "dp"}
     # 4 evaluated clients per method per cell; backbone rows come from the fedavg run of the same cell
     u = units[units["factor"] == "unreliable"]
-    assert u.groupby("method").size().to_dict() == {"backbone": 8, "local": 8, "fedavg": 8}  # 2 fractions
+    # 2 fractions; the federated run also samples the shared adapter alone (eval.global_model), local-only not
+    assert u.groupby("method").size().to_dict() == {"backbone": 8, "local": 8, "fedavg": 8, "fedavg/global": 8}
+    g = u[u["method"] == "fedavg/global"]
+    assert (g["run"].to_numpy() == u[u["method"] == "fedavg"]["run"].to_numpy()).all()
     assert u[u["method"] == "backbone"]["run"].iloc[0] == u[u["method"] == "fedavg"]["run"].iloc[0]
-    assert (u["unreliable"] != "").sum() == 3 * 2  # round(0.5 * 4) unreliable clients, seen by 3 methods
+    assert (u["unreliable"] != "").sum() == 4 * 2  # round(0.5 * 4) unreliable clients, seen by 4 methods
     # the shift-region metric exists on the shifted scenario
     assert np.isfinite(u["shift_psnr"]).all()
     text = (root / "out" / "summary.md").read_text()
@@ -209,7 +212,8 @@ def test_mixed_factor_is_paired_against_the_clean_cell_and_reuses_an_equal_run(g
     from pftray.data.types import DEFAULT_UNRELIABLE_KINDS
 
     grid, res, root, lines = grid_result
-    mixed = dataclasses.replace(grid, mixed_kinds=tuple(DEFAULT_UNRELIABLE_KINDS), mixed_methods=("fedavg",))
+    mixed = dataclasses.replace(grid, mixed_kinds=tuple(DEFAULT_UNRELIABLE_KINDS), mixed_methods=("fedavg",),
+                                mixed_fraction=0.5)
     cs = [c for c in cells(mixed) if c.factor == "mixed"]
     assert [(c.level, c.method) for c in cs] == [("0.5", "fedavg")]
     over = dict(cs[0].overrides)
@@ -246,3 +250,36 @@ def test_run_names_ignore_the_kinds_only_without_unreliable_clients(tmp_path):
     assert name(0.0, ["wrong_identity"]) == name(0.0, ["noise", "offset"])  # inert kinds: one run
     assert name(0.5, ["wrong_identity"]) != name(0.5, ["noise", "offset"])
     assert name(0.5, ["wrong_identity"]) != name(0.0, ["wrong_identity"])
+
+
+def test_reuse_units_takes_rows_of_the_same_runs_and_runs_only_the_rest(grid_result, tmp_path):
+    """``--reuse-units``: a cell whose run (the same resolved config) has rows in an earlier answer is not run
+    when its run directory is absent; the others run; a changed setting is a different run and is not reused."""
+    import dataclasses
+
+    import pandas as pd
+
+    from bench.federation import run_grid
+
+    grid, res, root, lines = grid_result
+    prev = pd.read_parquet(root / "out" / "units.parquet")
+    dp_only = prev[prev["factor"] == "dp"]
+    work = tmp_path / "work"
+    rep = run_grid(grid, config=root / "tiny.yaml", work=work, out=tmp_path / "out", factors=("dp",),
+                   progress=lambda _: None, reuse_units=dp_only)
+    assert not (work / "runs").exists() or not any((work / "runs").iterdir())  # nothing trained
+    got = rep["units"].reset_index(drop=True)
+    assert got.equals(dp_only.reset_index(drop=True))
+    text = (tmp_path / "out" / "summary.md").read_text()
+    assert "**1 of 1 runs are reused rows of an earlier answer" in text
+    # the dp rows are reused, the unreliable cells (absent from the reused rows) train afresh
+    both = run_grid(grid, config=root / "tiny.yaml", work=work, out=tmp_path / "out2",
+                    factors=("unreliable", "dp"), progress=lambda _: None, reuse_units=dp_only)
+    assert len(list((work / "runs").iterdir())) == 4
+    assert both["units"][both["units"]["factor"] == "dp"].reset_index(drop=True).equals(dp_only.reset_index(drop=True))
+    # another noise level is another run: nothing of the earlier answer matches it
+    other = dataclasses.replace(grid, epsilons=(4.0,))
+    from bench.federation import cells
+
+    names = {c.run_name(root / "tiny.yaml") for c in cells(other) if c.factor == "dp"}
+    assert not names & set(dp_only["run"])

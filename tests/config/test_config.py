@@ -46,7 +46,7 @@ def test_every_preset_loads(preset):
         ({"privacy": {"noise_multiplier": 1.0}}, "privacy.clipping_norm: 0 with noise_multiplier > 0"),
         ({"runtime": {"tiers": [{"name": "a", "num_gpus": -1}]}}, "runtime.tiers[0].num_gpus: -1.0 is out of range"),
         ({"runtime": {"tiers": [{"name": "a", "gpus": 1}]}}, "runtime.tiers[0].gpus: unknown key"),
-        ({"data": {"unreliable_kinds": ["offset", "blur"]}}, "data.unreliable_kinds: 'blur' is not allowed"),
+        ({"data": {"unreliable_kinds": ["offset", "smudge"]}}, "data.unreliable_kinds: 'smudge' is not allowed"),
         ({"data": {"num_clients": 2}, "fed": {"clients_per_round": 3}}, "fed.clients_per_round: 3 exceeds"),
     ],
 )

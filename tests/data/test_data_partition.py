@@ -121,7 +121,7 @@ def test_argument_errors_name_the_argument():
     with pytest.raises(ValueError, match="client_id"):
         make_client(6, **FED)
     with pytest.raises(ValueError, match="unreliable_kinds"):
-        make_client(0, **FED, unreliable_fraction=0.5, unreliable_kinds=("blur",))
+        make_client(0, **FED, unreliable_fraction=0.5, unreliable_kinds=("smudge",))
     with pytest.raises(ValueError, match="unreliable_fraction"):
         make_client(0, **FED, unreliable_fraction=1.5)
     with pytest.raises(ValueError, match="quantity_skew"):

@@ -178,7 +178,7 @@ def test_corruptions():
     for x, y in zip(before, _arrays(c)):
         np.testing.assert_array_equal(x, y)  # the input clip is untouched
     with pytest.raises(ValueError, match="kind"):
-        corrupt_clip(c, "blur", rng)
+        corrupt_clip(c, "smudge", rng)
 
 
 def test_validation_errors():
@@ -496,6 +496,60 @@ def test_channel_swap_shows_bgr_frames_under_the_rgb_reference():
         ident, num_frames=24, resolution=64, seed=6, shift=sample_shift(0, 5, 1.0)).frames[0, 0, 0, 0]
     w.validate()
 
+def _same_except_frames(w, c):
+    for f in ("audio", "audio_feats", "mouth", "pose", "mouth_box"):
+        np.testing.assert_array_equal(getattr(w, f), getattr(c, f))
+    for k, v in c.extras.items():
+        np.testing.assert_array_equal(w.extras[k], v)
+
+
+def test_blur_smears_every_frame_into_a_biased_target():
+    from pftray.data.synthetic import sample_shift
+
+    ident = sample_identity(0, 2)
+    c = render_clip(ident, num_frames=24, resolution=64, seed=3, shift=sample_shift(0, 2, 1.0))
+    w = corrupt_clip(c, "blur", np.random.default_rng(0))
+    _same_except_frames(w, c)
+
+    def edges(x):
+        x = x.astype(np.float64)
+        return (np.diff(x, axis=0) ** 2).mean() + (np.diff(x, axis=1) ** 2).mean()  # gradient energy, [H, W, 3]
+
+    for t in range(24):  # every frame loses most of its edge energy, but not its mean colour
+        assert edges(w.frames[t]) < 0.2 * edges(c.frames[t])
+        assert np.abs(w.frames[t].astype(float).mean(axis=(0, 1)) - c.frames[t].mean(axis=(0, 1))).max() < 3
+    # unlike zero-mean noise, blur biases the target where the model must learn the mouth: the contrast of lips,
+    # teeth and mouth interior in the mouth box falls to under half in every frame
+    for t in range(24):
+        y0, y1, x0, x1 = c.mouth_box[t]
+        assert np.ptp(_luma(w.frames[t, y0:y1, x0:x1])) < 0.5 * np.ptp(_luma(c.frames[t, y0:y1, x0:x1]))
+    again = corrupt_clip(c, "blur", np.random.default_rng(0))
+    np.testing.assert_array_equal(again.frames, w.frames)
+    w.validate()
+
+
+def test_occluded_hides_mouth_and_teeth_in_every_frame_and_nothing_else():
+    from pftray.data.synthetic import sample_shift
+
+    ident = sample_identity(0, 4)
+    c = render_clip(ident, num_frames=24, resolution=64, seed=5, shift=sample_shift(0, 4, 1.0))
+    w = corrupt_clip(c, "occluded", np.random.default_rng(1))
+    _same_except_frames(w, c)
+    changed = (w.frames != c.frames).any(axis=-1)  # [T, H, W]
+    grey = w.frames[0, (c.mouth_box[0, 0] + c.mouth_box[0, 1]) // 2, (c.mouth_box[0, 2] + c.mouth_box[0, 3]) // 2]
+    assert 40 <= int(grey[0]) <= 70 and (grey == grey[0]).all()
+    for t in range(24):
+        y0, y1, x0, x1 = c.mouth_box[t]
+        assert (w.frames[t, y0:y1, x0:x1] == grey).all(axis=-1).mean() > 0.6  # the mouth box is mostly the disc
+        ys, xs = np.nonzero(changed[t])  # ... and only pixels near the mouth changed
+        assert ys.size and ys.min() >= y0 - (y1 - y0) and xs.min() >= x0 - (x1 - x0) and xs.max() < x1 + (x1 - x0)
+        if c.extras["shift_area"][t] > 4:  # the teeth the clean frame shows are under the disc
+            ty0, ty1, tx0, tx1 = c.extras["shift_box"][t]
+            assert (w.frames[t, ty0:ty1, tx0:tx1] == grey).all()
+    assert changed.reshape(24, -1).mean(axis=1).max() < 0.1  # a microphone, not a mask over the face
+    w.validate()
+
+
 def test_frozen_extras_follow_the_frozen_frames():
     from pftray.data.synthetic import sample_shift
 
@@ -533,7 +587,7 @@ def test_unreliable_clients_record_their_kind_and_new_kinds_corrupt_only_trainin
                 assert not np.array_equal(x.audio, x0.audio)
     assert set(kinds) <= set(UNRELIABLE_KINDS)
     with pytest.raises(ValueError, match="unreliable_kinds"):
-        make_client(0, **{**kw, "unreliable_kinds": ("blur",)})
+        make_client(0, **{**kw, "unreliable_kinds": ("smudge",)})
     with pytest.raises(ValueError, match="shift_severity"):
         make_client(0, **{**kw, "shift_severity": 2.0})
 

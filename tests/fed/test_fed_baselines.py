@@ -156,3 +156,38 @@ def test_local_baseline_shadow_equals_a_local_only_run_of_the_same_client(tmp_pa
     assert fed_run_cfg.eval.local_baseline
     # nothing of the shadow reached the server: the federated sum is over the 4 federated updates only
     assert (fed_run.table("clients").groupby("server_round").size() == 4).all()
+
+
+def test_global_model_is_the_shared_adapter_with_a_fresh_identity_adapter(tmp_path):
+    """``eval.global_model``: model 'global' = the global shared adapter with the client's data-independent identity
+    adapter, whatever that client trained: what a client gets from the federation alone."""
+    cfg = tiny_config(**{"fed.strategy": "fedavg", "fed.rounds": 2, "fed.clients_per_round": 2,
+                         "eval.global_model": True, "fed.eval_every": 2})
+    run, server, pool, summary = _run(cfg, tmp_path / "run")
+    assert summary["status"] == "done"
+    ev = run.table("eval")
+    last = ev[ev["server_round"] == 2]
+    assert set(last["model"]) >= {"personalised", "global", "backbone"}
+    assert sorted(last[last["model"] == "global"]["client_id"]) == sorted(last[last["model"] == "personalised"]
+                                                                          ["client_id"])
+    store = ClientStateStore(run.clients, resident=0)
+    trained = sorted(set(run.table("clients").query("status == 'ok'")["client_id"]))
+    cid = trained[0]
+    trainer = ClientTrainer(cfg)
+    client = pool.hosts[0].data.get(cid)
+    state = store.load(cid, before_round=99)
+    g = server.state.global_shared
+    ecfg = cfg.replace(**{"eval.frames": 2, "eval.sample_steps": 2})
+    out = sample_heldout(trainer, client, state, g, cfg=ecfg)[0].outputs
+    fresh = sample_heldout(trainer, client, None, g, cfg=ecfg.replace(**{"eval.global_model": False}),
+                           baseline=False)[0].outputs
+    assert set(fresh) == {"personalised"}
+    torch.testing.assert_close(out["global"], fresh["personalised"], rtol=0, atol=0)  # fresh identity adapter
+    assert float((out["global"] - out["personalised"]).abs().max()) > 1e-4  # the trained one differs
+    assert float((out["global"] - out["backbone"]).abs().max()) > 1e-4  # the trained shared adapter acts
+    # the evaluation restores the client's own adapters afterwards: personalised is unchanged by global_model
+    alone = sample_heldout(trainer, client, state, g, cfg=ecfg.replace(**{"eval.global_model": False}))[0].outputs
+    torch.testing.assert_close(alone["personalised"], out["personalised"], rtol=0, atol=0)
+    # at the shared adapter's initialisation (B = 0) the global model is the backbone
+    init = sample_heldout(trainer, client, state, initial_shared(cfg), cfg=ecfg)[0].outputs
+    torch.testing.assert_close(init["global"], init["backbone"], rtol=0, atol=1e-5)
