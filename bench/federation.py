@@ -16,7 +16,9 @@ unreliable clients, no DP, TDC at the quickstart's weight) and varies **one fact
   cell clips client updates at the same ``privacy.clipping_norm``, so DP changes only the noise;
 * ``tdc``: ISFA with ``train.lambda_tdc`` in {0, the default};
 
-each with ``--seeds`` seeds (>= 3). ``backbone`` is not trained: its rows are the ``backbone`` rows of the FedAvg
+each with ``--seeds`` seeds (>= 3). Outside the DP cohort the federated runs also evaluate the shared adapter alone
+(``eval.global_model``, method ``<method>/global``), where unreliable clients' damage to the others shows before the
+reliable clients' identity adapters absorb it. ``backbone`` is not trained: its rows are the ``backbone`` rows of the FedAvg
 run of the same cell (same clips, same DDIM seeds). A cell shared by two factors (the default cell) runs once.
 
 Every run is a normal run directory under ``--work`` (``pftray report``/``compare`` read them); a finished run is
