@@ -616,8 +616,8 @@ def plots(units: pd.DataFrame, run_dirs: dict[str, Path], out: Path, metric: str
             s = pd.concat(series, axis=1).mean(axis=1)
             ax.plot(s.index, s.to_numpy(), marker="o", label=method)
     paths.append(_finish(fig, ax, out / "rounds.png", xlabel="round",
-                         ylabel=f"{metric} (personalised, mean over clients and seeds)",
-                         title="Quality against rounds (default cell)"))
+                         ylabel=f"{metric} (mean over clients, seeds)",
+                         title="Quality against rounds (default cell; /global = shared adapter alone)"))
     dp = units[units["factor"] == "dp"]
     if not dp.empty:
         fig, ax = plt.subplots(figsize=(6.4, 4))
