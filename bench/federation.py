@@ -463,8 +463,7 @@ def markdown(units: pd.DataFrame, aucs: pd.DataFrame | None = None, *, metrics=M
         lines += [f"**Partial grid: {missing_runs[0]} of {missing_runs[1]} runs not finished (not in these "
                   "tables).**", ""]
     if reused_runs:
-        runs = sorted(set(units["run"]))
-        lines += [f"**{reused_runs} of {len(runs)} runs are reused rows of an earlier answer (`--reuse-units`: the "
+        lines += [f"**{reused_runs} of {units['run'].nunique()} runs are reused rows of an earlier answer (`--reuse-units`: the "
                   "same run names, i.e. the same resolved configs; their run directories were not kept, so the "
                   "plots and AUCs leave them out).**", ""]
     if command:

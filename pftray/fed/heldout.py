@@ -79,6 +79,15 @@ def sample_heldout(trainer, client: ClientData, state, global_shared: np.ndarray
     if state is None:
         state = fresh
     trainer.load(global_shared, state)
+
+    def generate_with(other, args, seed: int) -> torch.Tensor:
+        """Sample under ``other``'s adapters, then load the client's own ``state`` back."""
+        trainer.load(global_shared, other)
+        try:
+            return _generate(*args, steps=cfg.eval.sample_steps, seed=seed)
+        finally:
+            trainer.load(global_shared, state)
+
     device = trainer.device
     ref = torch.from_numpy(client.reference).permute(2, 0, 1).float().div(127.5).sub(1).to(device)
     out = []
@@ -92,18 +101,11 @@ def sample_heldout(trainer, client: ClientData, state, global_shared: np.ndarray
         args = (model, ref, audio, pose)
         if personalised:
             outputs["personalised"] = _generate(*args, steps=cfg.eval.sample_steps, seed=seed)
-        if cfg.eval.global_model:
-            trainer.load(global_shared, fresh)
-            try:
-                outputs["global"] = _generate(*args, steps=cfg.eval.sample_steps, seed=seed)
-            finally:
-                trainer.load(global_shared, state)
+        if cfg.eval.global_model:  # a client without a state of its own is already sampled with ``fresh``
+            outputs["global"] = (outputs["personalised"] if personalised and state is fresh
+                                 else generate_with(fresh, args, seed))
         if local_state is not None:
-            trainer.load(global_shared, local_state)
-            try:
-                outputs["local"] = _generate(*args, steps=cfg.eval.sample_steps, seed=seed)
-            finally:
-                trainer.load(global_shared, state)
+            outputs["local"] = generate_with(local_state, args, seed)
         if baseline:
             model.unet.disable_adapters()
             try:
