@@ -164,11 +164,9 @@ DAMAGING_KINDS = ("occluded",)
 def default_grid(*, quick: bool, severity: float, seeds: int | None = None, cohort_clients: int = 100,
                  cohort_rate: float = 0.2, kinds: tuple[str, ...] = DAMAGING_KINDS,
                  mixed_kinds: tuple[str, ...] | None = None) -> Grid:
-    # sized for the 2-core CPU: --quick about 10 min and the full grid (81 runs) under 2 h with --jobs 2. Longer
-    # training does not widen FedAvg's lead: each client's personalised model is bounded by its own local steps
-    # (8 rounds x 4/8 x 8 = 32 in expectation). Probes on seed 0 (shift_psnr, 8 clients, FedAvg / local-only;
-    # 8 rounds: 16.89 / 16.30, backbone 14.54): 12 rounds, 48 steps a client: 17.09 / 17.14, local-only caught up;
-    # 12 clients for 12 rounds, 32 steps a client but 12 rounds of the shared adapter: 16.86 / 16.29, no change.
+    # sized for the 2-core CPU: --quick about 10 min and the full grid (81 runs) under 2 h with --jobs 2 (measured
+    # 1 h 31 min). 8 rounds, not more: longer training lets local-only catch up with FedAvg, since each client's
+    # personalised model is bounded by its own local steps (the probes' figures: README, "Federation personalises")
     rounds = 6 if quick else 8
     base = {
         "data.shift_severity": severity, "data.unreliable_fraction": 0.0, "data.num_clients": 8,
