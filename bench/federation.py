@@ -61,8 +61,15 @@ import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = ("backbone", "local", "fedavg", "fedprox", "isfa", "pooled")
-FEDERATED = ("fedavg", "fedprox", "isfa")
+METHODS = ("backbone", "local", "fedavg", "fedprox", "isfa", "isfa_z", "pooled")
+FEDERATED = ("fedavg", "fedprox", "isfa", "isfa_z")
+#: the federated methods of the DP cohort: ``isfa_z`` ranks a client's score against the round's other clients at
+#: the server, which client-level DP forbids (the config refuses it)
+DP_METHODS = ("fedavg", "fedprox", "isfa")
+#: grid methods that are a strategy with settings of their own (the others are ``fed.strategy`` names):
+#: ``isfa_z`` is ISFA with round-standardised scores (``fed.isfa_weighting: round_z``), the paper's raw
+#: ``exp(gamma * s)`` being uniform to 0.1 % on this benchmark
+METHOD_SETTINGS: dict[str, dict[str, Any]] = {"isfa_z": {"fed.strategy": "isfa", "fed.isfa_weighting": "round_z"}}
 METRICS = ("shift_psnr", "mouth_psnr", "psnr", "ssim", "lip_sync", "jitter")
 REFERENCES = ("fedavg", "local")  # paired tests of every method against these
 
@@ -80,7 +87,8 @@ class Cell:
     def settings(self, backbone: Path | None = None) -> list[str]:
         """``--set`` items of the cell's run."""
         sets = [f"{k}={json.dumps(v)}" for k, v in self.overrides]
-        sets += [f"fed.strategy={self.method}", f"experiment.seed={self.seed}"]
+        method = METHOD_SETTINGS.get(self.method, {"fed.strategy": self.method})
+        sets += [f"{k}={json.dumps(v)}" for k, v in method.items()] + [f"experiment.seed={self.seed}"]
         if backbone is not None:
             sets.append(f"model.backbone={json.dumps(str(backbone))}")
         return sets
@@ -97,6 +105,8 @@ class Cell:
             resolved["data"].pop("unreliable_kinds")  # inert without unreliable clients: the same run
         if not resolved["eval"].get("global_model"):
             resolved["eval"].pop("global_model", None)  # off = the runs made before the key existed
+        if resolved["fed"].get("isfa_weighting") == "raw":
+            resolved["fed"].pop("isfa_weighting")  # the default = the runs made before the key existed
         resolved["model"]["backbone"] = Path(str(resolved["model"]["backbone"] or "")).name
         key = hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:10]
         return f"{self.method}-s{self.seed}-{key}"
@@ -111,7 +121,7 @@ class Grid:
     epsilons: tuple[float, ...]  # target epsilons of the DP cells (0 = DP off)
     lambdas: tuple[float, ...]
     methods: tuple[str, ...] = METHODS
-    dp_methods: tuple[str, ...] = FEDERATED
+    dp_methods: tuple[str, ...] = DP_METHODS
     #: pre-training overrides of a backbone of the cohort's own (for a cohort whose model differs from the base
     #: config's); empty (the default grids) = the cohort cells use the base config's ``model.backbone``
     cohort_pretrain: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -121,7 +131,9 @@ class Grid:
     #: over the unreliable clients (empty = no such factor)
     mixed_kinds: tuple[str, ...] = ()
     mixed_fraction: float = 0.75
-    mixed_methods: tuple[str, ...] = ("fedavg", "isfa")
+    mixed_methods: tuple[str, ...] = ("fedavg", "isfa", "isfa_z")
+    #: the default cell also gets :func:`autoencoder_rows` (the frozen decoder's round trip of its held-out frames)
+    autoencoder: bool = True
 
 
 #: the membership audit of each DP cell: 2 noise draws x 2 timesteps per clip on the first 24 trained clients (the
@@ -188,7 +200,7 @@ def default_grid(*, quick: bool, severity: float, seeds: int | None = None, coho
                 fractions=(0.0, 0.5) if quick else (0.0, 0.25, 0.5), epsilons=(0.0, 8.0) if quick else (0.0, 8.0, 2.0),
                 lambdas=(0.0, 0.1),
                 methods=("backbone", "local", "fedavg", "isfa") if quick else METHODS,
-                dp_methods=("fedavg",) if quick else FEDERATED,
+                dp_methods=("fedavg",) if quick else DP_METHODS,
                 mixed_kinds=(() if quick else HARMFUL_KINDS) if mixed_kinds is None else tuple(mixed_kinds))
 
 
@@ -352,6 +364,55 @@ def unit_rows(cell: Cell, run_dir: Path, name: str, audit: dict[str, float] | No
                      wall_s=float(meta.get("bench_wall_s", meta.get("wall_s", math.nan)) or math.nan))
 
 
+#: method name of the rows of :func:`autoencoder_rows`
+AUTOENCODER = "autoencoder"
+
+
+def autoencoder_rows(grid: Grid, config: Path) -> pd.DataFrame:
+    """Rows of method :data:`AUTOENCODER` for the default cell (unreliable factor, fraction 0), one per (seed,
+    client): the frozen backbone's autoencoder round trip ``D(E(x))`` of the very held-out frames the methods are
+    scored on (the same clips, frames and metric code, :func:`pftray.fed.heldout.clip_scores`).
+
+    Every method here (adapters on the UNet) generates through the backbone's frozen decoder, so this is what the
+    decoder can show of the ground truth: an estimate of the ceiling of any UNet adapter on this backbone (not a
+    strict bound: another latent than ``E(x)`` may decode closer). No training, no sampling: a few seconds a seed.
+    """
+    import torch
+
+    from pftray.config import load_config
+    from pftray.fed.heldout import clip_scores, to01
+    from pftray.fed.host import ClientProvider
+    from pftray.model.factory import build_model
+
+    frames = []
+    base = {**grid.base, "data.unreliable_fraction": 0.0}
+    for seed in grid.seeds:
+        cfg = load_config(config, Cell("unreliable", "0", "fedavg", seed, tuple(base.items())).settings())
+        with torch.random.fork_rng():
+            torch.manual_seed(cfg.experiment.seed)  # as a run's client host does (a backbone-less model is random)
+            model = build_model(cfg)
+        provider = ClientProvider(cfg)
+        rows = []
+        for cid in range(min(cfg.fed.eval_clients, cfg.data.num_clients)):
+            client = provider.get(cid)
+            ref = torch.from_numpy(client.reference).permute(2, 0, 1).float().div(127.5).sub(1)
+            for clip in client.heldout[: cfg.eval.clips]:
+                n = min(cfg.eval.frames, clip.num_frames)
+                gt01 = torch.from_numpy(clip.frames[:n]).permute(0, 3, 1, 2).float().div(255.0)
+                pose = torch.from_numpy(clip.pose[:n])
+                with torch.no_grad():
+                    rec = to01(model.decode(model.encode(gt01 * 2 - 1, ref, pose), ref, pose))
+                rows.append({"client_id": cid, **clip_scores(rec, gt01, clip.mouth_box[:n], clip.mouth[:n],
+                                                             clip.extras)})
+        df = pd.DataFrame(rows)
+        cols = {m: pd.to_numeric(df[m], errors="coerce") if m in df else math.nan for m in METRICS}
+        per = df[["client_id"]].assign(**cols).groupby("client_id", as_index=False).mean()
+        frames.append(per.assign(method=AUTOENCODER, factor="unreliable", level="0", seed=seed,
+                                 run=f"{AUTOENCODER}-s{seed}", unreliable="", epsilon=math.nan,
+                                 audit_eps_lb=math.nan, audit_auc=math.nan, wall_s=0.0))
+    return pd.concat(frames, ignore_index=True)
+
+
 # ------------------------------------------------------------------------------------------------ the answer
 def ci_table(units: pd.DataFrame, metrics=METRICS) -> pd.DataFrame:
     """Mean and 95 % t-interval per (factor, level, method, metric) over (seed, client) units."""
@@ -461,11 +522,12 @@ def markdown(units: pd.DataFrame, aucs: pd.DataFrame | None = None, *, metrics=M
     """The summary; ``missing_runs`` = (not finished, of all) marks a partial grid; ``reused_runs`` counts the
     runs whose rows came from an earlier answer (``--reuse-units``)."""
     lines = ["# Federated benchmark (`python -m bench federation`)", ""]
+    trained = units[units["method"] != AUTOENCODER]  # the autoencoder rows are not a run
     if missing_runs and missing_runs[0]:
         lines += [f"**Partial grid: {missing_runs[0]} of {missing_runs[1]} runs not finished (not in these "
                   "tables).**", ""]
     if reused_runs:
-        lines += [f"**{reused_runs} of {units['run'].nunique()} runs are reused rows of an earlier answer (`--reuse-units`: the "
+        lines += [f"**{reused_runs} of {trained['run'].nunique()} runs are reused rows of an earlier answer (`--reuse-units`: the "
                   "same run names, i.e. the same resolved configs; their run directories were not kept, so the "
                   "plots and AUCs leave them out).**", ""]
     if command:
@@ -545,8 +607,12 @@ def markdown(units: pd.DataFrame, aucs: pd.DataFrame | None = None, *, metrics=M
             lines.append(f"| {r['level']} | {r['kind']} | {r['signal']} | {_fmt(r['auc'])} | {r['n_reliable']} | "
                          f"{r['n_unreliable']} |")
         lines.append("")
-    walls = units.drop_duplicates("run")["wall_s"]
-    lines += [f"Runs: {units['run'].nunique()}, run wall time {walls.sum() / 60:.1f} min in all.", ""]
+    walls = trained.drop_duplicates("run")["wall_s"]
+    lines += [f"Runs: {trained['run'].nunique()}, run wall time {walls.sum() / 60:.1f} min in all.", ""]
+    if (units["method"] == AUTOENCODER).any():
+        lines += [f"`{AUTOENCODER}`: not a trained method but the frozen backbone's autoencoder round trip D(E(x)) of "
+                  "the default cell's held-out frames, scored by the same code: what the decoder every method "
+                  "generates through can show, an estimate of the ceiling of the UNet adapters.", ""]
     return "\n".join(lines)
 
 
@@ -604,7 +670,11 @@ def plots(units: pd.DataFrame, run_dirs: dict[str, Path], out: Path, metric: str
     fig, ax = plt.subplots(figsize=(6.4, 4))
     default = units[(units["factor"] == "unreliable") & (units["level"] == units["level"].min())]
     for method in dict.fromkeys(default["method"]):
-        if method == "backbone":
+        if method in ("backbone", AUTOENCODER):  # untrained: a level, drawn as a line
+            if metric in default:
+                ax.axhline(float(default.loc[default["method"] == method, metric].mean()), linestyle="--",
+                           color="grey" if method == "backbone" else "black", linewidth=1,
+                           label=method if method == "backbone" else "autoencoder round trip (ceiling)")
             continue
         series = []
         model = "global" if method.endswith("/global") else "personalised"
@@ -720,6 +790,8 @@ def run_grid(grid: Grid, *, config: Path, work: Path, out: Path, factors: tuple[
         run_dirs[name] = path
         frames.append(unit_rows(cell, path, name, audit))
     frames += list(reused.values())
+    if grid.autoencoder and "unreliable" in factors and 0.0 in grid.fractions:
+        frames.append(autoencoder_rows(grid, config))
     units = pd.concat(frames, ignore_index=True)
     units.to_parquet(out / "units.parquet", index=False)
     aucs = reliability_aucs(units, run_dirs)

@@ -160,6 +160,11 @@ class FedConfig:
     mu: float = _f(0.0, "FedProx proximal weight (strategy fedprox needs mu > 0)", range=(0.0, 1e6))
     isfa_alpha: float = _f(0.65, "ISFA: weight of identity similarity vs temporal stability", range=(0.0, 1.0))
     isfa_gamma: float = _f(1.0, "ISFA: temperature of exp(gamma * score)", range=(0.0, 100.0))
+    isfa_weighting: str = _f("raw", "ISFA: 'raw' = exp(gamma * score) as in the paper (scores near 1 differ by ~1e-3, "
+                             "so the weights are near uniform); 'round_z' = exp(gamma * z), z the score's robust "
+                             "z-score among the round's clients (median / MAD, clipped to [-3, 3]); needs every "
+                             "client's score at the server, so not with client-level DP or secure aggregation",
+                             choices=("raw", "round_z"))
     server_lr: float = _f(1.0, "server learning rate on the aggregated delta", range=(0.0, 100.0))
     server_optimizer: str = _f("sgd", "server optimiser on the aggregated delta", choices=("sgd", "adam"))
     server_beta1: float = _f(0.9, "FedAdam beta1", range=(0.0, 1.0))
@@ -402,6 +407,10 @@ def _cross_checks(obj: Any, path: str) -> None:
             if used:
                 raise ConfigError(f"fed.strategy: {obj.fed.strategy!r} is a baseline without aggregation; it cannot "
                                   f"be combined with {used[0]}")
+        if obj.fed.isfa_weighting == "round_z" and (obj.privacy.noise_multiplier > 0 or obj.privacy.secagg):
+            raise ConfigError("fed.isfa_weighting: 'round_z' compares each client's score with the round's other "
+                              "clients at the server; under client-level DP or secure aggregation a client's weight "
+                              "may depend on its own report only, so use 'raw' there")
         if obj.privacy.noise_multiplier > 0 and obj.privacy.clipping_norm <= 0:
             raise ConfigError("privacy.clipping_norm: 0 with noise_multiplier > 0; DP needs a clipping norm > 0")
         if obj.privacy.noise_multiplier > 0 and obj.fed.sample_rate <= 0:

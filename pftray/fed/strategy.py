@@ -58,6 +58,27 @@ def isfa_weights(num_examples: Sequence[float], scores: Sequence[float], *, gamm
     return w / w.sum()
 
 
+#: robust z-scores are clipped to this many MADs, so one wildly off score cannot take a round's whole weight away
+ROUND_Z_CLIP = 3.0
+
+
+def round_z(scores: Sequence[float]) -> np.ndarray:
+    """Robust z-scores of a round's scores: ``(s - median) / (1.4826 * MAD)``, clipped to +-:data:`ROUND_Z_CLIP`.
+
+    Scale-free: ISFA's raw scores of reliable and unreliable clients differ by ~1e-3, which ``exp(gamma * s)`` at
+    any sensible ``gamma`` leaves uniform; ranked against the round, the same scores spread over a few units. The
+    median and MAD resist up to half of the round being unreliable. A round whose scores do not vary (MAD 0, e.g.
+    one client) gets z = 0 for everyone, i.e. FedAvg weights."""
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 1 or len(s) == 0 or np.any(~np.isfinite(s)):
+        raise ValueError(f"round_z: need finite scores, got {s.tolist()}")
+    med = float(np.median(s))
+    mad = 1.4826 * float(np.median(np.abs(s - med)))
+    if mad <= 1e-12 * max(1.0, abs(med)):
+        return np.zeros_like(s)
+    return np.clip((s - med) / mad, -ROUND_Z_CLIP, ROUND_Z_CLIP)
+
+
 def device_weight(scalars: dict[str, Any], spec: dict[str, Any]) -> float:
     """A client's own aggregation weight under DP, from ITS scalars only (computed on the client's host).
 
@@ -132,9 +153,14 @@ class ISFA(Strategy):
                            alpha=self.cfg.isfa_alpha)
 
     def weights(self, reports: Sequence[dict[str, Any]]) -> np.ndarray:
-        return isfa_weights([r["num_examples"] for r in reports], self.scores(reports), gamma=self.cfg.isfa_gamma)
+        s = self.scores(reports)
+        if self.cfg.isfa_weighting == "round_z":
+            s = round_z(s)
+        return isfa_weights([r["num_examples"] for r in reports], s, gamma=self.cfg.isfa_gamma)
 
     def device_weight_spec(self, example_cap: int) -> dict[str, Any]:
+        if self.cfg.isfa_weighting != "raw":  # the config refuses it with DP or secure aggregation
+            raise ValueError(f"fed.isfa_weighting {self.cfg.isfa_weighting!r} has no on-device weight")
         return {"kind": "isfa", "example_cap": int(example_cap), "alpha": self.cfg.isfa_alpha,
                 "gamma": self.cfg.isfa_gamma}
 

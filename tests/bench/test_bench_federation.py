@@ -43,10 +43,16 @@ def test_grid_writes_units_and_a_summary_recomputed_from_them(grid_result):
 
     grid, res, root, lines = grid_result
     units = pd.read_parquet(root / "out" / "units.parquet")
-    assert set(units["method"]) == {"backbone", "local", "fedavg", "fedavg/global"}
+    assert set(units["method"]) == {"backbone", "local", "fedavg", "fedavg/global", "autoencoder"}
     assert set(units["factor"]) == {"unreliable", "dp"}
+    # the autoencoder round trip: the default cell only, the same (seed, client) units as its fedavg rows
+    ae = units[units["method"] == "autoencoder"]
+    assert set(ae["level"]) == {"0"} and set(ae["factor"]) == {"unreliable"}
+    fa = units[(units["method"] == "fedavg") & (units["level"] == "0") & (units["factor"] == "unreliable")]
+    assert sorted(zip(ae["seed"], ae["client_id"])) == sorted(zip(fa["seed"], fa["client_id"]))
+    assert np.isfinite(ae["psnr"]).all()
     # 4 evaluated clients per method per cell; backbone rows come from the fedavg run of the same cell
-    u = units[units["factor"] == "unreliable"]
+    u = units[(units["factor"] == "unreliable") & (units["method"] != "autoencoder")]
     # 2 fractions; the federated run also samples the shared adapter alone (eval.global_model), local-only not
     assert u.groupby("method").size().to_dict() == {"backbone": 8, "local": 8, "fedavg": 8, "fedavg/global": 8}
     g = u[u["method"] == "fedavg/global"]

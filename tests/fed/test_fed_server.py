@@ -203,3 +203,22 @@ def _deltas(cfg, tmp_path, g):
         h.fit([cid], g, 1, {})
         out.append(h.pending[cid].delta)
     return out
+
+
+def test_isfa_round_z_weights_are_what_the_server_applies(tmp_path):
+    """End to end: with ``fed.isfa_weighting: round_z`` the weights in clients.parquet are exp(z) * n, normalised
+    over the round, z the robust z-score of the recorded scores; the raw rule on the same run would be uniform to
+    the scores' spread, so the two differ."""
+    from pftray.fed.strategy import isfa_weights, round_z
+
+    cfg = tiny_config(**{"fed.strategy": "isfa", "fed.isfa_weighting": "round_z", "data.num_clients": 4,
+                         "fed.clients_per_round": 4, "data.unreliable_fraction": 0.5,
+                         "data.unreliable_kinds": ["channel_swap"], "fed.rounds": 1, "fed.eval_every": 0,
+                         "fed.eval_clients": 1})
+    run, summary = run_federated(cfg, out=str(tmp_path / "run"), use_ray=False)
+    c = load_run(run.path)["clients"]
+    assert summary["status"] == "done" and len(c) == 4 and (c["status"] == "ok").all()
+    want = isfa_weights(c["num_examples"], round_z(c["score"]), gamma=cfg.fed.isfa_gamma)
+    np.testing.assert_allclose(c["weight"].to_numpy(), want, rtol=1e-9)
+    raw = isfa_weights(c["num_examples"], c["score"], gamma=cfg.fed.isfa_gamma)
+    assert np.ptp(c["weight"]) > 10 * np.ptp(raw)

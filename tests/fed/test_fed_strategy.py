@@ -109,3 +109,66 @@ def test_isfa_weights_are_a_distribution_monotone_in_score(items, gamma):
     per = w / np.asarray(n)
     order = np.argsort(s)
     assert np.all(np.diff(per[order]) >= -1e-12)
+
+
+# ---------------------------------------------------------------------------------------- ISFA 'round_z' weighting
+def test_round_z_hand_computed_and_clipped():
+    from pftray.fed.strategy import ROUND_Z_CLIP, round_z
+
+    s = np.array([1.0, 2.0, 3.0, 4.0, 100.0])
+    # median 3, |s - 3| = [2, 1, 0, 1, 97] -> MAD 1, scale 1.4826
+    np.testing.assert_allclose(round_z(s)[:4], (s[:4] - 3.0) / 1.4826)
+    assert round_z(s)[4] == ROUND_Z_CLIP  # one wild score cannot take the round's whole weight
+    np.testing.assert_array_equal(round_z([0.7, 0.7, 0.7]), [0.0, 0.0, 0.0])  # no spread: FedAvg weights
+    np.testing.assert_array_equal(round_z([0.9]), [0.0])
+    with pytest.raises(ValueError):
+        round_z([0.5, float("nan")])
+
+
+def test_round_z_is_scale_and_shift_free():
+    rng = np.random.default_rng(0)
+    s = rng.normal(size=7)
+    np.testing.assert_allclose(round_z(0.999 + 1e-4 * s), round_z(s), atol=1e-6)
+
+
+def round_z(s):
+    from pftray.fed.strategy import round_z as rz
+
+    return rz(s)
+
+
+def test_isfa_round_z_separates_clients_whose_raw_weights_are_uniform():
+    """The benchmark's case: raw scores ~0.9995 that differ by ~1e-3. Raw ISFA weights are uniform to 0.1 %; the
+    round-standardised ones down-weight the two low scorers several-fold, and gamma 0 is still FedAvg."""
+    id_sim = [0.99990, 0.99991, 0.99880, 0.99878]
+    temp = [0.9990, 0.9991, 0.9980, 0.9979]
+    reps = _reports([2, 2, 2, 2], id_sim, temp)
+    raw = make_strategy(FedConfig(strategy="isfa")).weights(reps)
+    assert np.ptp(raw) / raw.mean() < 2e-3
+    z = make_strategy(FedConfig(strategy="isfa", isfa_weighting="round_z")).weights(reps)
+    np.testing.assert_allclose(z.sum(), 1.0)
+    assert z[:2].min() > 3 * z[2:].max()
+    # the weights are exp(gamma * z) * n, normalised
+    zz = round_z(isfa_scores(id_sim, temp, alpha=0.65))
+    np.testing.assert_allclose(z, np.exp(zz) / np.exp(zz).sum())
+    g0 = make_strategy(FedConfig(strategy="isfa", isfa_weighting="round_z", isfa_gamma=0.0)).weights(reps)
+    np.testing.assert_allclose(g0, [0.25] * 4)
+
+
+def test_isfa_round_z_has_no_on_device_weight_and_the_config_refuses_it_under_dp_or_secagg():
+    from pftray.config import ConfigError, load_config
+
+    st_ = make_strategy(FedConfig(strategy="isfa", isfa_weighting="round_z"))
+    with pytest.raises(ValueError, match="on-device"):
+        st_.device_weight_spec(0)
+    from pathlib import Path
+
+    preset = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
+    base = ["fed.strategy=isfa", "fed.isfa_weighting=round_z"]
+    assert load_config(preset, base, check_paths=False).fed.isfa_weighting == "round_z"  # fine without DP and secure aggregation
+    for extra in (["privacy.secagg=true"],
+                  ["privacy.noise_multiplier=1.0", "privacy.clipping_norm=1.0", "fed.sample_rate=0.5"]):
+        with pytest.raises(ConfigError, match="isfa_weighting"):
+            load_config(preset, base + extra, check_paths=False)
+    with pytest.raises(ConfigError):
+        load_config(preset, ["fed.isfa_weighting=zscore"], check_paths=False)
