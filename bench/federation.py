@@ -5,10 +5,11 @@ scenario, ``data.shift_severity`` = ``--severity``, 8 clients of :data:`CLIPS_PE
 unreliable clients, no DP, TDC at the quickstart's weight) and varies **one factor at a time**, never the full product:
 
 * ``unreliable``: the methods and baselines (``backbone``, ``local``, ``fedavg``, ``fedprox``, ``isfa``,
-  ``pooled``) x ``data.unreliable_fraction`` in {0, 0.25, 0.5}, every unreliable client of the kind that damages
-  the others under FedAvg (:data:`DAMAGING_KINDS`);
-* ``mixed``: FedAvg and ISFA at fraction 0.75 with the six harmful kinds (:data:`HARMFUL_KINDS`) cycled over the
-  unreliable clients (one kind each): the ISFA score's AUC per kind, and what a mixed population costs;
+  ``isfa_z``, ``pooled``) x ``data.unreliable_fraction`` in {0, 0.25, 0.5}, every unreliable client of the kind
+  that damages the others under FedAvg (:data:`DAMAGING_KINDS`). ``isfa_z`` is ISFA with round-standardised
+  scores (``fed.isfa_weighting: round_z``): the paper's ``exp(gamma * s)`` is uniform to 0.1 % on this benchmark;
+* ``mixed``: FedAvg, ISFA and ISFA-z at fraction 0.75 with the six harmful kinds (:data:`HARMFUL_KINDS`) cycled
+  over the unreliable clients (one kind each): the ISFA score's AUC per kind, and what a mixed population costs;
 * ``dp``: the federated methods x client-level DP {off, epsilon ~ 8, epsilon ~ 2} on a **cohort** of
   ``--cohort-clients`` registered clients (>= 100) with Poisson rate ``--cohort-rate`` (>= 20 expected per round), with
   the default cell's 64 px model and backbone, 1 training clip and 4 local steps per client (a 32 px cohort with a
@@ -16,7 +17,9 @@ unreliable clients, no DP, TDC at the quickstart's weight) and varies **one fact
   cell clips client updates at the same ``privacy.clipping_norm``, so DP changes only the noise;
 * ``tdc``: ISFA with ``train.lambda_tdc`` in {0, the default};
 
-each with ``--seeds`` seeds (>= 3). Outside the DP cohort the federated runs also evaluate the shared adapter alone
+each with ``--seeds`` seeds (>= 3). The default cell also gets rows of method ``autoencoder``
+(:func:`autoencoder_rows`): the frozen backbone's round trip ``D(E(x))`` of the same held-out frames, what the
+decoder that every method generates through can show (the adapters' ceiling). Outside the DP cohort the federated runs also evaluate the shared adapter alone
 (``eval.global_model``, method ``<method>/global``), where unreliable clients' damage to the others shows before the
 reliable clients' identity adapters absorb it. ``backbone`` is not trained: its rows are the ``backbone`` rows of the FedAvg
 run of the same cell (same clips, same DDIM seeds). A cell shared by two factors (the default cell) runs once.
@@ -368,7 +371,12 @@ def unit_rows(cell: Cell, run_dir: Path, name: str, audit: dict[str, float] | No
 AUTOENCODER = "autoencoder"
 
 
-def autoencoder_rows(grid: Grid, config: Path) -> pd.DataFrame:
+def _round_trip(model, x, reference, pose):
+    """``D(E(x))``: frames in [-1, 1] through the backbone's autoencoder (posterior mean), [-1, 1]."""
+    return model.decode(model.encode(x, reference, pose), reference, pose)
+
+
+def autoencoder_rows(grid: Grid, config: Path, *, reconstruct=_round_trip) -> pd.DataFrame:
     """Rows of method :data:`AUTOENCODER` for the default cell (unreliable factor, fraction 0), one per (seed,
     client): the frozen backbone's autoencoder round trip ``D(E(x))`` of the very held-out frames the methods are
     scored on (the same clips, frames and metric code, :func:`pftray.fed.heldout.clip_scores`).
@@ -376,6 +384,7 @@ def autoencoder_rows(grid: Grid, config: Path) -> pd.DataFrame:
     Every method here (adapters on the UNet) generates through the backbone's frozen decoder, so this is what the
     decoder can show of the ground truth: an estimate of the ceiling of any UNet adapter on this backbone (not a
     strict bound: another latent than ``E(x)`` may decode closer). No training, no sampling: a few seconds a seed.
+    ``reconstruct(model, frames, reference, pose)`` (frames in [-1, 1]) is the round trip; a test passes another.
     """
     import torch
 
@@ -401,7 +410,7 @@ def autoencoder_rows(grid: Grid, config: Path) -> pd.DataFrame:
                 gt01 = torch.from_numpy(clip.frames[:n]).permute(0, 3, 1, 2).float().div(255.0)
                 pose = torch.from_numpy(clip.pose[:n])
                 with torch.no_grad():
-                    rec = to01(model.decode(model.encode(gt01 * 2 - 1, ref, pose), ref, pose))
+                    rec = to01(reconstruct(model, gt01 * 2 - 1, ref, pose))
                 rows.append({"client_id": cid, **clip_scores(rec, gt01, clip.mouth_box[:n], clip.mouth[:n],
                                                              clip.extras)})
         df = pd.DataFrame(rows)

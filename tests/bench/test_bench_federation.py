@@ -90,6 +90,36 @@ def test_grid_writes_units_and_a_summary_recomputed_from_them(grid_result):
     assert (root / "out" / "rounds.png").stat().st_size > 0 and (root / "out" / "utility_vs_epsilon.png").exists()
 
 
+def test_autoencoder_rows_score_the_very_frames_the_runs_scored(grid_result):
+    """With 'copy the reference' as the reconstruction, the autoencoder rows must equal the FedAvg run's own
+    ``copy`` rows of the default cell, client for client: the same held-out clips, frames and metric code. With a
+    lossless autoencoder (space_to_depth) the round trip gives back the ground truth (PSNR > 60 dB)."""
+    import dataclasses
+
+    import pandas as pd
+
+    from bench.federation import autoencoder_rows
+    from pftray.config import config_from_dict, dump_config, load_config
+
+    grid, res, root, lines = grid_result
+    copy = autoencoder_rows(grid, root / "tiny.yaml", reconstruct=lambda m, x, ref, pose: ref[None].expand_as(x))
+    units = pd.read_parquet(root / "out" / "units.parquet")
+    run = units[(units["method"] == "fedavg") & (units["level"] == "0") & (units["factor"] == "unreliable")]["run"]
+    ev = pd.read_parquet(root / "work" / "runs" / run.iloc[0] / "eval.parquet")
+    ev = ev[(ev["model"] == "copy") & (ev["server_round"] == ev["server_round"].max())]
+    want = ev.groupby("client_id")[["psnr", "mouth_psnr", "shift_psnr", "jitter"]].mean()
+    got = copy.set_index("client_id")[["psnr", "mouth_psnr", "shift_psnr", "jitter"]]
+    assert len(got) == 4
+    pd.testing.assert_frame_equal(got.sort_index(), want.sort_index(), check_exact=False, rtol=1e-9,
+                                  check_names=False)
+    lossless = root / "s2d.yaml"
+    cfg = load_config(root / "tiny.yaml").to_dict()
+    cfg["model"].update(autoencoder="space_to_depth", backbone="")
+    dump_config(config_from_dict(cfg), lossless)
+    rows = autoencoder_rows(dataclasses.replace(grid, seeds=(0,)), lossless)
+    assert (rows["psnr"] > 60).all() and (rows["mouth_psnr"] > 60).all()
+
+
 def test_dp_cells_are_calibrated_to_the_accountants_epsilon(grid_result):
     import pandas as pd
 
