@@ -683,7 +683,7 @@ def plots(units: pd.DataFrame, run_dirs: dict[str, Path], out: Path, metric: str
             if metric in default:
                 ax.axhline(float(default.loc[default["method"] == method, metric].mean()), linestyle="--",
                            color="grey" if method == "backbone" else "black", linewidth=1,
-                           label=method if method == "backbone" else "autoencoder round trip (ceiling)")
+                           label=method if method == "backbone" else "autoencoder round trip")
             continue
         series = []
         model = "global" if method.endswith("/global") else "personalised"
