@@ -334,6 +334,12 @@ def audit_cell(run_dir: Path, settings: dict[str, Any]) -> dict[str, float]:
     return {"audit_eps_lb": num(shared.get("eps_lb")), "audit_auc": num(shared.get("auc"))}
 
 
+def _client_means(clips: pd.DataFrame) -> pd.DataFrame:
+    """Per-client means of :data:`METRICS` over clip rows (a metric a row lacks is NaN)."""
+    cols = {m: pd.to_numeric(clips[m], errors="coerce") if m in clips else math.nan for m in METRICS}
+    return clips[["client_id"]].assign(**cols).groupby("client_id", as_index=False).mean()
+
+
 def unit_rows(cell: Cell, run_dir: Path, name: str, audit: dict[str, float] | None = None) -> pd.DataFrame:
     """Per-client means over clips of the run's final evaluation: the trained method's ``personalised`` rows
     (and, from a FedAvg run, the ``backbone`` rows as method ``backbone``; with ``eval.global_model``, the
@@ -351,9 +357,7 @@ def unit_rows(cell: Cell, run_dir: Path, name: str, audit: dict[str, float] | No
         pick["backbone"] = "backbone"
     pick = {model: method for model, method in pick.items() if (ev["model"] == model).any()}
     for model, method in pick.items():
-        sub = ev[ev["model"] == model]
-        cols = {m: pd.to_numeric(sub[m], errors="coerce") if m in sub else math.nan for m in METRICS}
-        per = sub[["client_id"]].assign(**cols).groupby("client_id", as_index=False).mean()
+        per = _client_means(ev[ev["model"] == model])
         per["method"] = method
         frames.append(per)
     df = pd.concat(frames, ignore_index=True)
@@ -413,10 +417,7 @@ def autoencoder_rows(grid: Grid, config: Path, *, reconstruct=_round_trip) -> pd
                     rec = to01(reconstruct(model, gt01 * 2 - 1, ref, pose))
                 rows.append({"client_id": cid, **clip_scores(rec, gt01, clip.mouth_box[:n], clip.mouth[:n],
                                                              clip.extras)})
-        df = pd.DataFrame(rows)
-        cols = {m: pd.to_numeric(df[m], errors="coerce") if m in df else math.nan for m in METRICS}
-        per = df[["client_id"]].assign(**cols).groupby("client_id", as_index=False).mean()
-        frames.append(per.assign(method=AUTOENCODER, factor="unreliable", level="0", seed=seed,
+        frames.append(_client_means(pd.DataFrame(rows)).assign(method=AUTOENCODER, factor="unreliable", level="0", seed=seed,
                                  run=f"{AUTOENCODER}-s{seed}", unreliable="", epsilon=math.nan,
                                  audit_eps_lb=math.nan, audit_auc=math.nan, wall_s=0.0))
     return pd.concat(frames, ignore_index=True)

@@ -5,6 +5,7 @@ from hypothesis import strategies as st
 
 from pftray.config import FedConfig
 from pftray.fed.strategy import (
+    ROUND_Z_CLIP,
     STRATEGIES,
     ServerOptimizer,
     aggregate,
@@ -12,6 +13,7 @@ from pftray.fed.strategy import (
     isfa_scores,
     isfa_weights,
     make_strategy,
+    round_z,
 )
 
 
@@ -113,8 +115,6 @@ def test_isfa_weights_are_a_distribution_monotone_in_score(items, gamma):
 
 # ---------------------------------------------------------------------------------------- ISFA 'round_z' weighting
 def test_round_z_hand_computed_and_clipped():
-    from pftray.fed.strategy import ROUND_Z_CLIP, round_z
-
     s = np.array([1.0, 2.0, 3.0, 4.0, 100.0])
     # median 3, |s - 3| = [2, 1, 0, 1, 97] -> MAD 1, scale 1.4826
     np.testing.assert_allclose(round_z(s)[:4], (s[:4] - 3.0) / 1.4826)
@@ -129,12 +129,6 @@ def test_round_z_is_scale_and_shift_free():
     rng = np.random.default_rng(0)
     s = rng.normal(size=7)
     np.testing.assert_allclose(round_z(0.999 + 1e-4 * s), round_z(s), atol=1e-6)
-
-
-def round_z(s):
-    from pftray.fed.strategy import round_z as rz
-
-    return rz(s)
 
 
 def test_isfa_round_z_separates_clients_whose_raw_weights_are_uniform():
