@@ -19,8 +19,8 @@ unreliable clients, no DP, TDC at the quickstart's weight) and varies **one fact
 
 each with ``--seeds`` seeds (>= 3). The default cell also gets rows of method ``autoencoder``
 (:func:`autoencoder_rows`): the frozen backbone's round trip ``D(E(x))`` of the same held-out frames, what the
-decoder that every method generates through can show (the adapters' ceiling). Outside the DP cohort the federated runs also evaluate the shared adapter alone
-(``eval.global_model``, method ``<method>/global``), where unreliable clients' damage to the others shows before the
+decoder that every method generates through can show (a reference level, not a bound). Outside the DP cohort the
+federated runs also evaluate the shared adapter alone (``eval.global_model``, method ``<method>/global``), where unreliable clients' damage to the others shows before the
 reliable clients' identity adapters absorb it. ``backbone`` is not trained: its rows are the ``backbone`` rows of the FedAvg
 run of the same cell (same clips, same DDIM seeds). A cell shared by two factors (the default cell) runs once.
 
@@ -386,8 +386,8 @@ def autoencoder_rows(grid: Grid, config: Path, *, reconstruct=_round_trip) -> pd
     scored on (the same clips, frames and metric code, :func:`pftray.fed.heldout.clip_scores`).
 
     Every method here (adapters on the UNet) generates through the backbone's frozen decoder, so this is what the
-    decoder can show of the ground truth: an estimate of the ceiling of any UNet adapter on this backbone (not a
-    strict bound: another latent than ``E(x)`` may decode closer). No training, no sampling: a few seconds a seed.
+    decoder can show of the ground truth: a reference level for any UNet adapter on this backbone, not a bound
+    (another latent than ``E(x)`` may decode closer, and methods do beat it on some clients). No training, no sampling: a few seconds a seed.
     ``reconstruct(model, frames, reference, pose)`` (frames in [-1, 1]) is the round trip; a test passes another.
     """
     import torch
@@ -417,7 +417,8 @@ def autoencoder_rows(grid: Grid, config: Path, *, reconstruct=_round_trip) -> pd
                     rec = to01(reconstruct(model, gt01 * 2 - 1, ref, pose))
                 rows.append({"client_id": cid, **clip_scores(rec, gt01, clip.mouth_box[:n], clip.mouth[:n],
                                                              clip.extras)})
-        frames.append(_client_means(pd.DataFrame(rows)).assign(method=AUTOENCODER, factor="unreliable", level="0", seed=seed,
+        per = _client_means(pd.DataFrame(rows))
+        frames.append(per.assign(method=AUTOENCODER, factor="unreliable", level="0", seed=seed,
                                  run=f"{AUTOENCODER}-s{seed}", unreliable="", epsilon=math.nan,
                                  audit_eps_lb=math.nan, audit_auc=math.nan, wall_s=0.0))
     return pd.concat(frames, ignore_index=True)
@@ -622,7 +623,7 @@ def markdown(units: pd.DataFrame, aucs: pd.DataFrame | None = None, *, metrics=M
     if (units["method"] == AUTOENCODER).any():
         lines += [f"`{AUTOENCODER}`: not a trained method but the frozen backbone's autoencoder round trip D(E(x)) of "
                   "the default cell's held-out frames, scored by the same code: what the decoder every method "
-                  "generates through can show, an estimate of the ceiling of the UNet adapters.", ""]
+                  "generates through can show: a reference level for the UNet adapters, not a bound.", ""]
     return "\n".join(lines)
 
 

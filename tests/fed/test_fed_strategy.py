@@ -150,16 +150,17 @@ def test_isfa_round_z_separates_clients_whose_raw_weights_are_uniform():
 
 
 def test_isfa_round_z_has_no_on_device_weight_and_the_config_refuses_it_under_dp_or_secagg():
+    from pathlib import Path
+
     from pftray.config import ConfigError, load_config
 
     st_ = make_strategy(FedConfig(strategy="isfa", isfa_weighting="round_z"))
     with pytest.raises(ValueError, match="on-device"):
         st_.device_weight_spec(0)
-    from pathlib import Path
-
     preset = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
     base = ["fed.strategy=isfa", "fed.isfa_weighting=round_z"]
-    assert load_config(preset, base, check_paths=False).fed.isfa_weighting == "round_z"  # fine without DP and secure aggregation
+    # fine without DP and secure aggregation
+    assert load_config(preset, base, check_paths=False).fed.isfa_weighting == "round_z"
     for extra in (["privacy.secagg=true"],
                   ["privacy.noise_multiplier=1.0", "privacy.clipping_norm=1.0", "fed.sample_rate=0.5"]):
         with pytest.raises(ConfigError, match="isfa_weighting"):
