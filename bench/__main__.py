@@ -11,6 +11,7 @@ python -m bench tail-sim          # simulated tail imbalance of client-granular 
 python -m bench privacy-audit     # accountant epsilon beside the membership audit's lower bound (quickstart, cohort)
 python -m bench table-writes      # per-round cost of writing the run tables at round 10 vs round 1000
 python -m bench federation        # the federated grid: methods, baselines, unreliable clients, DP cohort, TDC
+python -m bench mouth-timing      # when trained models open the mouth: lagged lip sync of finished runs
 python -m bench shift-gap         # what the shifted scenario costs the public-trained backbone, by severity
 python -m bench real-faces        # real speakers: pre-train, federate, eval vs copy-the-reference, generate
 """
@@ -32,6 +33,7 @@ BENCHMARKS = {
     "privacy-audit": "bench.privacy_audit",
     "table-writes": "bench.table_writes",
     "federation": "bench.federation",
+    "mouth-timing": "bench.mouth_timing",
     "shift-gap": "bench.shift_gap",
     "real-faces": "bench.real_faces",
 }

@@ -393,7 +393,7 @@ def autoencoder_rows(grid: Grid, config: Path, *, reconstruct=_round_trip) -> pd
     import torch
 
     from pftray.config import load_config
-    from pftray.fed.heldout import clip_scores, to01
+    from pftray.fed.heldout import clip_scores, heldout_inputs, to01
     from pftray.fed.host import ClientProvider
     from pftray.model.factory import build_model
 
@@ -408,14 +408,11 @@ def autoencoder_rows(grid: Grid, config: Path, *, reconstruct=_round_trip) -> pd
         rows = []
         for cid in range(min(cfg.fed.eval_clients, cfg.data.num_clients)):
             client = provider.get(cid)
-            ref = torch.from_numpy(client.reference).permute(2, 0, 1).float().div(127.5).sub(1)
-            for clip in client.heldout[: cfg.eval.clips]:
-                n = min(cfg.eval.frames, clip.num_frames)
-                gt01 = torch.from_numpy(clip.frames[:n]).permute(0, 3, 1, 2).float().div(255.0)
-                pose = torch.from_numpy(clip.pose[:n])
+            for x in heldout_inputs(client, cfg):
+                n, clip = x.gt01.shape[0], x.clip
                 with torch.no_grad():
-                    rec = to01(reconstruct(model, gt01 * 2 - 1, ref, pose))
-                rows.append({"client_id": cid, **clip_scores(rec, gt01, clip.mouth_box[:n], clip.mouth[:n],
+                    rec = to01(reconstruct(model, x.gt01 * 2 - 1, x.reference, x.pose))
+                rows.append({"client_id": cid, **clip_scores(rec, x.gt01, clip.mouth_box[:n], clip.mouth[:n],
                                                              clip.extras)})
         per = _client_means(pd.DataFrame(rows))
         frames.append(per.assign(method=AUTOENCODER, factor="unreliable", level="0", seed=seed,

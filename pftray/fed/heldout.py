@@ -54,6 +54,35 @@ def generation_seed(*, seed: int, client_id: int, clip_index: int) -> int:
     return seed * 100_003 + client_id * 101 + clip_index
 
 
+@dataclass(frozen=True)
+class HeldoutInput:
+    """What a model is given and scored against for one evaluated clip: the client's ``reference`` frame
+    ``[3, H, W]`` in [-1, 1], the first ``n`` frames' ground truth ``gt01`` ``[n, 3, H, W]`` in [0, 1] (on the
+    CPU), ``audio`` features and ``pose`` (on the device); ``index`` is the clip's place among the held-out clips."""
+
+    index: int
+    clip: Any
+    reference: torch.Tensor
+    gt01: torch.Tensor
+    audio: torch.Tensor
+    pose: torch.Tensor
+
+
+def heldout_inputs(client: ClientData, cfg: Config, device: torch.device | str = "cpu"):
+    """The evaluated inputs of ``client``: its first ``cfg.eval.clips`` held-out clips, the first
+    ``cfg.eval.frames`` frames of each. Every evaluation (:func:`sample_heldout`, the benchmark's decoder round
+    trip) reads its clips through here, so all of them score the same frames."""
+    ref = torch.from_numpy(client.reference).permute(2, 0, 1).float().div(127.5).sub(1).to(device)
+    for ci, clip in enumerate(client.heldout[: cfg.eval.clips]):
+        n = min(cfg.eval.frames, clip.num_frames)
+        yield HeldoutInput(
+            index=ci, clip=clip, reference=ref,
+            gt01=torch.from_numpy(clip.frames[:n]).permute(0, 3, 1, 2).float().div(255.0),
+            audio=torch.from_numpy(clip.audio_feats[:n]).to(device),
+            pose=torch.from_numpy(clip.pose[:n]).to(device),
+        )
+
+
 def _generate(model, ref, audio, pose, *, steps: int, seed: int) -> torch.Tensor:
     return to01(model.sample(ref, audio, pose, steps=steps, generator=torch.Generator().manual_seed(seed)))
 
@@ -88,17 +117,12 @@ def sample_heldout(trainer, client: ClientData, state, global_shared: np.ndarray
         finally:
             trainer.load(global_shared, state)
 
-    device = trainer.device
-    ref = torch.from_numpy(client.reference).permute(2, 0, 1).float().div(127.5).sub(1).to(device)
     out = []
-    for ci, clip in enumerate(client.heldout[: cfg.eval.clips]):
-        n = min(cfg.eval.frames, clip.num_frames)
-        gt = torch.from_numpy(clip.frames[:n]).permute(0, 3, 1, 2).float().div(255.0)
-        audio = torch.from_numpy(clip.audio_feats[:n]).to(device)
-        pose = torch.from_numpy(clip.pose[:n]).to(device)
-        seed = generation_seed(seed=cfg.experiment.seed, client_id=client.client_id, clip_index=ci)
+    for x in heldout_inputs(client, cfg, trainer.device):
+        ref, clip, gt, n = x.reference, x.clip, x.gt01, x.gt01.shape[0]
+        seed = generation_seed(seed=cfg.experiment.seed, client_id=client.client_id, clip_index=x.index)
         outputs: dict[str, torch.Tensor] = {}
-        args = (model, ref, audio, pose)
+        args = (model, ref, x.audio, x.pose)
         if personalised:
             outputs["personalised"] = _generate(*args, steps=cfg.eval.sample_steps, seed=seed)
         if cfg.eval.global_model:  # a client without a state of its own is already sampled with ``fresh``

@@ -57,6 +57,7 @@ from pftray.metrics.sync import (
     lse_from_embeddings,
     mfcc,
     mouth_sync_correlation,
+    offset_correlations,
 )
 from pftray.metrics.temporal import (
     clip_temporal_metrics,
@@ -92,6 +93,7 @@ __all__ = [
     "SynthIdentityEncoder",
     "TorchScriptEmbedder",
     "best_offset_correlation",
+    "offset_correlations",
     "clip_temporal_metrics",
     "crop_boxes",
     "csim",

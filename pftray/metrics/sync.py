@@ -44,8 +44,11 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float | Missing:
         return Missing(f"fewer than {MIN_CORRELATION_POINTS} frames with both values present ({a.size})")
     da, db = a - a.mean(), b - b.mean()
     na, nb = math.sqrt(float(da @ da)), math.sqrt(float(db @ db))
-    if na == 0.0 or nb == 0.0:
-        which = "generated" if na == 0.0 else "ground-truth"
+    # constant up to the rounding of its mean (np.full(n, 0.3) leaves deviations of ~1e-17, not 0)
+    flat_a = na <= 1e-12 * math.sqrt(a.size) * float(np.abs(a).max())
+    flat_b = nb <= 1e-12 * math.sqrt(b.size) * float(np.abs(b).max())
+    if flat_a or flat_b:
+        which = "generated" if flat_a else "ground-truth"
         return Missing(f"constant {which} series: correlation undefined")
     return float(np.clip((da @ db) / (na * nb), -1.0, 1.0))
 
@@ -80,15 +83,13 @@ class OffsetCorrelation:
     confidence: float
 
 
-def best_offset_correlation(
+def offset_correlations(
     pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor, *, max_offset: int
-) -> OffsetCorrelation | Missing:
-    """Search offsets k in [−max_offset, max_offset] for the best Pearson r_k = corr(pred[t + k], gt[t]).
-
-    r_k is computed on the overlapping frames only (t and t + k both inside the clip), NaN-safe as in
-    :func:`mouth_sync_correlation`; offsets whose overlap has < 3 valid frames or a constant series are
-    skipped. Ties go to the smallest |k| (then the negative one). ``Missing`` if no offset is computable.
-    """
+) -> dict[int, float]:
+    """Pearson ``r_k = corr(pred[t + k], gt[t])`` for every offset k in [−max_offset, max_offset] that is
+    computable (k > 0: the generated series lags the ground truth by k frames). Each r_k uses the overlapping
+    frames only, NaN-safe as :func:`mouth_sync_correlation`; offsets with < 3 valid frames in the overlap or a
+    constant series are left out of the dict."""
     p = _as_series(pred, "pred")
     g = _as_series(gt, "gt")
     if p.shape != g.shape:
@@ -100,11 +101,22 @@ def best_offset_correlation(
     for k in range(-max_offset, max_offset + 1):
         if abs(k) >= n:
             continue
-        pk = p[max(k, 0) : n + min(k, 0)]
-        gk = g[max(-k, 0) : n - max(k, 0)]
-        r = _pearson(pk, gk)
+        r = _pearson(p[max(k, 0) : n + min(k, 0)], g[max(-k, 0) : n - max(k, 0)])
         if not isinstance(r, Missing):
             results[k] = r
+    return results
+
+
+def best_offset_correlation(
+    pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor, *, max_offset: int
+) -> OffsetCorrelation | Missing:
+    """Search offsets k in [−max_offset, max_offset] for the best Pearson r_k = corr(pred[t + k], gt[t]).
+
+    r_k is computed on the overlapping frames only (t and t + k both inside the clip), NaN-safe as in
+    :func:`mouth_sync_correlation`; offsets whose overlap has < 3 valid frames or a constant series are
+    skipped. Ties go to the smallest |k| (then the negative one). ``Missing`` if no offset is computable.
+    """
+    results = offset_correlations(pred, gt, max_offset=max_offset)
     if not results:
         return Missing(f"no offset in [-{max_offset}, {max_offset}] has a computable correlation")
     best = max(results, key=lambda k: (results[k], -abs(k), -k))

@@ -175,5 +175,6 @@ def test_entry_point_knows_every_benchmark():
     from bench.__main__ import BENCHMARKS, main
 
     assert set(BENCHMARKS) == {"overhead", "comm", "train", "secagg-vs-flower", "pretrain-quality", "scale", "tdc",
-                               "tail-sim", "privacy-audit", "table-writes", "federation", "shift-gap", "real-faces"}
+                               "tail-sim", "privacy-audit", "table-writes", "federation", "shift-gap", "real-faces",
+                               "mouth-timing"}
     assert main(["no-such-bench"]) == 2

@@ -12,6 +12,7 @@ from pftray.metrics import (
     lse_from_embeddings,
     mfcc,
     mouth_sync_correlation,
+    offset_correlations,
 )
 
 
@@ -57,6 +58,22 @@ def test_best_offset_recovers_known_shift(shift):
     assert result.offset == shift
     assert result.correlation == pytest.approx(1.0)
     assert result.confidence > 0.5
+
+
+def test_offset_correlations_hand_values_and_overlap_only():
+    # pred lags gt by one frame: r[+1] compares pred[1:] with gt[:-1], identical series, so exactly 1
+    gt = np.array([0.0, 1, 0, 2, 0, 3, 1])
+    pred = np.concatenate([[5.0], gt[:-1]])
+    r = offset_correlations(pred, gt, max_offset=2)
+    assert set(r) == {-2, -1, 0, 1, 2}
+    assert r[1] == pytest.approx(1.0)
+    # r[0] by hand on the full overlap equals the plain lag-0 correlation
+    assert r[0] == pytest.approx(mouth_sync_correlation(pred, gt))
+    # r[-1] = corr(pred[:-1], gt[1:]), computed independently
+    assert r[-1] == pytest.approx(np.corrcoef(pred[:-1], gt[1:])[0, 1])
+    # offsets whose overlap is shorter than 3 frames, or constant, are left out
+    assert set(offset_correlations(np.arange(4.0), np.arange(4.0) ** 2, max_offset=3)) == {-1, 0, 1}
+    assert offset_correlations(np.ones(6), gt[:6], max_offset=1) == {}
 
 
 def test_best_offset_missing_and_validation():
